@@ -1,0 +1,1 @@
+"""systolic.boards: see ../shared/DESIGN.md section 1."""

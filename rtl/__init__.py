@@ -1,0 +1,1 @@
+"""systolic.rtl: see ../shared/DESIGN.md section 1."""

@@ -1,0 +1,1 @@
+"""systolic.sim: see ../shared/DESIGN.md section 1."""
