@@ -106,8 +106,9 @@ def requantize(acc, shift, mode, out_format, *, lo=None, hi=None, r=None,
         where ``index`` holds the flat (C, H, W) index of each element of ``acc`` in the
         layer's output tensor.
     count_saturations : bool
-        Also return the number of saturation events: elements whose rounded value lay
-        outside ``out_format``'s range (a fused activation's clamp is not one).
+        Also return the number of saturation events: elements whose rounded value, after
+        the activation's own clamp ``[lo, hi]``, lies outside ``out_format``'s range (a
+        negative value zeroed by ReLU is not an event; an overflow is).
 
     Returns
     -------
@@ -125,9 +126,10 @@ def requantize(acc, shift, mode, out_format, *, lo=None, hi=None, r=None,
         # inside int64.
         acc = np.clip(acc, -(1 << 16), 1 << 16)
     y = round_shift(acc, shift, mode, r=r)
-    lo = out_format.min if lo is None else max(lo, out_format.min)
-    hi = out_format.max if hi is None else min(hi, out_format.max)
-    out = np.clip(y, lo, hi)
+    out = np.clip(y, out_format.min if lo is None else max(lo, out_format.min),
+                  out_format.max if hi is None else min(hi, out_format.max))
     if count_saturations:
-        return out, int(np.count_nonzero((y < out_format.min) | (y > out_format.max)))
+        # An event is a value that the activation's own clamp leaves outside the format.
+        ya = y if lo is None and hi is None else np.clip(y, lo, hi)
+        return out, int(np.count_nonzero((ya < out_format.min) | (ya > out_format.max)))
     return out
