@@ -1,0 +1,274 @@
+"""The ``systolic`` command line: parse, call library functions, print.
+
+Every library error reaches the user as one line on stderr and exit status 1; usage errors
+exit with status 2 (argparse).
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["main"]
+
+
+def _fmt(f):
+    return "-" if f is None else str(f)
+
+
+def _kib(bits):
+    return f"{bits / 8192:.1f}"
+
+
+def _layer_rows(net):
+    """One row per layer for `info`: what it is, its formats, MACs, parameters, memory."""
+    rows = []
+    in_shape = net.input_shape
+    for j, layer in enumerate(net.layers):
+        in_fmt = net.tensor_formats[j]
+        out_shape, out_fmt = net.tensor_shapes[j + 1], net.tensor_formats[j + 1]
+        weight = getattr(layer, "weight", None)
+        bias = getattr(layer, "bias", None)
+        params = (0 if weight is None else weight.size) + (0 if bias is None else bias.size)
+        wbits = 0 if weight is None else weight.size * layer.weight_format.width
+        bbits = 0 if bias is None else bias.size * layer.bias_format.width
+        desc = layer.kind
+        if layer.kind == "conv2d":
+            kh, kw = layer.kernel
+            desc += f" {kh}x{kw}/{layer.stride} pad={list(layer.padding_for(in_shape))}"
+        elif layer.kind in ("maxpool2d", "avgpool2d"):
+            desc += f" {layer.kernel}x{layer.kernel}/{layer.step}"
+        elif layer.kind == "activation":
+            desc += f" {layer.function}" + (f"({layer.lut})" if layer.lut else "")
+        elif layer.kind == "add":
+            desc += f" t{layer.other}"
+        act = getattr(layer, "activation", "none")
+        if act != "none":
+            desc += f" +{act}"
+        rows.append({
+            "index": j, "kind": layer.kind, "description": desc,
+            "output_shape": list(out_shape), "in_format": str(in_fmt),
+            "weight_format": _fmt(getattr(layer, "weight_format", None)),
+            "bias_format": _fmt(getattr(layer, "bias_format", None)),
+            "out_format": str(out_fmt), "rounding": getattr(layer, "rounding", None),
+            "macs": layer.macs(in_shape) if hasattr(layer, "macs") else 0,
+            "parameters": int(params), "weight_bits": int(wbits), "bias_bits": int(bbits),
+            "activation_bits": int(np.prod(out_shape)) * out_fmt.width,
+        })
+        in_shape = out_shape
+    return rows
+
+
+def cmd_info(args):
+    from systolic.golden import models
+    net = models.load(args.network)
+    from systolic.golden.ir import QNetwork
+    if not isinstance(net, QNetwork):
+        raise SystemExit(f"systolic: error: {args.network} is a float network; "
+                         f"quantize it first (systolic quantize)")
+    rows = _layer_rows(net)
+    input_bits = int(np.prod(net.input_shape)) * net.input_format.width
+    summary = {
+        "name": net.name, "input_shape": list(net.input_shape),
+        "input_format": str(net.input_format), "seed": net.seed,
+        "layers": rows, "macs": net.macs,
+        "parameters": sum(r["parameters"] for r in rows),
+        "weight_bits": sum(r["weight_bits"] + r["bias_bits"] for r in rows),
+        "input_bits": input_bits,
+        "largest_activation_bits": max([input_bits] + [r["activation_bits"] for r in rows]),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"network {net.name or args.network}: input {tuple(net.input_shape)} "
+          f"{net.input_format}, SR seed {net.seed}")
+    head = (f"{'#':>2} {'layer':<38} {'output':<12} {'in':<8} {'weight':<8} {'bias':<9} "
+            f"{'out':<8} {'rounding':<12} {'MACs':>8} {'params':>7} {'w+b bits':>9} "
+            f"{'out bits':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['index']:>2} {r['description']:<38} {'x'.join(map(str, r['output_shape'])):<12} "
+              f"{r['in_format']:<8} {r['weight_format']:<8} {r['bias_format']:<9} "
+              f"{r['out_format']:<8} {r['rounding'] or '-':<12} {r['macs']:>8,} "
+              f"{r['parameters']:>7,} {r['weight_bits'] + r['bias_bits']:>9,} "
+              f"{r['activation_bits']:>9,}")
+    print("-" * len(head))
+    print(f"total: {summary['macs']:,} MACs per image, {summary['parameters']:,} parameters, "
+          f"{summary['weight_bits']:,} bits of weights and biases "
+          f"({_kib(summary['weight_bits'])} KiB); input {input_bits:,} bits; largest "
+          f"activation tensor {summary['largest_activation_bits']:,} bits")
+    return 0
+
+
+def _calibration_images(args, fnet):
+    from systolic.golden.datasets import mnist, to_float
+    if args.calibration == "mnist":
+        images, _ = mnist("calibration")
+        images = to_float(images)
+    else:
+        images = np.load(args.calibration, allow_pickle=False).astype(np.float64)
+    if args.calibration_images is not None:
+        images = images[:args.calibration_images]
+    return images
+
+
+def cmd_quantize(args):
+    from systolic.golden import models
+    from systolic.golden.calibrate import calibrate
+    from systolic.golden.ir import FloatNetwork
+    from systolic.golden.netfile import save_network
+    fnet = models.load_float_reference(args.network) or models.load(args.network)
+    if not isinstance(fnet, FloatNetwork):
+        raise SystemExit(f"systolic: error: {args.network} is already quantized")
+    images = _calibration_images(args, fnet)
+    qnet = calibrate(fnet, images, width=args.width, weight_width=args.weight_width,
+                     bias_width=args.bias_width, percentile=args.percentile,
+                     rounding=args.rounding, seed=args.seed)
+    path = save_network(qnet, args.out)
+    print(f"calibrated on {len(images)} images; wrote {path}")
+    print(f"input {qnet.input_format}; " + "; ".join(
+        f"{j}:{l.kind} out {qnet.tensor_formats[j + 1]}"
+        + (f" w {l.weight_format}" if getattr(l, "weight_format", None) else "")
+        for j, l in enumerate(qnet.layers)))
+    return 0
+
+
+def _confusion(labels, predictions, classes):
+    m = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(m, (labels, predictions), 1)
+    return m
+
+
+def cmd_golden(args):
+    from systolic.golden import models
+    from systolic.golden.datasets import mnist, to_float
+    from systolic.golden.ir import QNetwork
+    from systolic.golden.run import run, run_float
+    net = models.load(args.network)
+    if not isinstance(net, QNetwork):
+        raise SystemExit(f"systolic: error: {args.network} is a float network; "
+                         f"quantize it first (systolic quantize)")
+    images, labels = mnist("holdout")
+    if not 1 <= args.images <= len(images):
+        raise SystemExit(f"systolic: error: --images must be between 1 and {len(images)} "
+                         f"(the held-out MNIST images), not {args.images}")
+    images, labels = images[:args.images], labels[:args.images]
+    x = models.mnist_input(net, images)
+    start = time.perf_counter()
+    result = run(net, x, rounding=args.rounding, seed=args.seed)
+    elapsed = time.perf_counter() - start
+    pred = result.logits.argmax(axis=1)
+    classes = result.logits.shape[1]
+    out = {
+        "network": net.name or args.network, "images": int(len(images)),
+        "rounding": args.rounding or "per-layer",
+        "accuracy": float(np.mean(pred == labels)),
+        "images_per_second": len(images) / elapsed,
+        "saturations": [int(s) for s in result.saturations],
+        "confusion": _confusion(labels, pred, classes).tolist(),
+    }
+    fnet = models.load_float_reference(args.network)
+    if fnet is not None:
+        fpred = run_float(fnet, to_float(images))[-1].reshape(len(images), -1).argmax(1)
+        out["float_accuracy"] = float(np.mean(fpred == labels))
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    width = net.output_format.width
+    print(f"{out['network']}: {len(images)} held-out MNIST images, rounding "
+          f"{out['rounding']}, golden model ran in {elapsed:.2f} s")
+    if "float_accuracy" in out:
+        print(f"float accuracy:       {100 * out['float_accuracy']:.2f}%")
+    print(f"quantized accuracy:   {100 * out['accuracy']:.2f}% "
+          f"({width}-bit outputs, {net.input_format} input)")
+    print(f"saturation events per layer: {out['saturations']}")
+    print("confusion (rows: true class, columns: predicted):")
+    print("      " + " ".join(f"{c:>5}" for c in range(classes)) + "  recall")
+    for c, row in enumerate(out["confusion"]):
+        total = sum(row)
+        recall = f"{100 * row[c] / total:6.1f}%" if total else "     -"
+        print(f"{c:>5} " + " ".join(f"{v:>5}" for v in row) + f"  {recall}")
+    return 0
+
+
+def cmd_demo(args):
+    from systolic.golden import models
+    print(f"systolic demo: network {args.network}, board {args.board}")
+    net = models.load(args.network)
+    print("[1/5] golden model on 20 held-out MNIST images")
+    cmd_golden(argparse.Namespace(network=args.network, images=20, rounding=None, seed=None,
+                                  json=False))
+    print("[2/5] virtual board, [3/5] Verilog, [4/5] bitstream, [5/5] compare: not built yet "
+          "(the RTL and board issues); only the golden stage ran.")
+    del net
+    return 0
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="systolic",
+        description="Quantized CNN accelerators for small FPGAs, bit-exact with a NumPy "
+                    "golden model.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("info", help="layers, formats, MACs, parameters and memory of a "
+                                    "network")
+    s.add_argument("network", help="reference network name (lenet5, mnist-tiny) or a "
+                                   "network file")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("quantize", help="calibrate a float network into a quantized one")
+    s.add_argument("network", help="float network file, or a reference network name (its "
+                                   "shipped float weights)")
+    s.add_argument("--out", "-o", required=True, help="quantized network file to write")
+    s.add_argument("--width", type=int, default=8, help="activation width (default 8)")
+    s.add_argument("--weight-width", type=int, default=None,
+                   help="weight width (default: --width)")
+    s.add_argument("--bias-width", type=int, default=16, help="bias width (default 16)")
+    s.add_argument("--percentile", type=float, default=None,
+                   help="calibrate activations to this percentile of magnitudes "
+                        "(default: the maximum)")
+    s.add_argument("--rounding", default="nearest_even",
+                   choices=("floor", "nearest_even", "stochastic"))
+    s.add_argument("--seed", type=int, default=0, help="stochastic-rounding seed")
+    s.add_argument("--calibration", default="mnist",
+                   help="'mnist' (the MNIST calibration split) or a .npy file of float "
+                        "images (N, C, H, W) in the network's input scale")
+    s.add_argument("--calibration-images", type=int, default=None,
+                   help="use only the first N calibration images")
+    s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("golden", help="run the golden model on held-out MNIST images")
+    s.add_argument("network")
+    s.add_argument("--images", type=int, default=1000,
+                   help="number of held-out images (default and maximum 1000)")
+    s.add_argument("--rounding", default=None,
+                   choices=("floor", "nearest_even", "stochastic"),
+                   help="override every layer's rounding mode")
+    s.add_argument("--seed", type=int, default=None,
+                   help="override the stochastic-rounding seed")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_golden)
+
+    s = sub.add_parser("demo", help="the main job on the default network and board")
+    s.add_argument("--network", default="mnist-tiny")
+    s.add_argument("--board", default="icebreaker")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    from systolic.golden.errors import SystolicError
+    try:
+        return args.func(args)
+    except (SystolicError, OSError, ValueError) as exc:
+        print(f"systolic: error: {exc}", file=sys.stderr)
+        return 1
+
+if __name__ == "__main__":
+    sys.exit(main())
