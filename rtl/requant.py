@@ -1,0 +1,243 @@
+"""Requantization lanes: DESIGN.md section 3 in hardware.
+
+A lane turns an exact accumulator plus its aligned bias into an output integer: shift by
+``s`` with the run-time rounding mode, then saturate into the layer's clamp bounds.  Its
+golden twin is :func:`systolic.golden.rounding.requantize` on ``acc + bias``.
+
+One adder serves all three rounding modes, because each is ``(x + addend) >> s``:
+
+* ``floor``: ``addend = 0``;
+* ``nearest_even``: ``addend = 2**(s-1) - 1 + x[s]`` (``x[s]`` is the LSB of ``x >> s``: a
+  tie rounds up exactly when the truncated quotient is odd);
+* ``stochastic``: ``addend = H(seed, layer, index) mod 2**s``.
+
+For ``s <= 0`` the lane clamps ``x`` to ``+-2**16`` (as the golden model does; every output
+saturates beyond that) and shifts left by ``-s``.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from systolic.golden import srgen
+from systolic.golden.qformat import MAX_WIDTH, MIN_WIDTH
+from systolic.golden.rounding import ROUNDING_MODES
+
+from .srgen import SRRounds
+
+__all__ = ["MODE", "RequantConfig", "Requantizer", "requant_config"]
+
+#: Run-time encoding of the rounding modes (the order of golden ``ROUNDING_MODES``).
+MODE = {name: code for code, name in enumerate(ROUNDING_MODES)}
+
+#: Inputs of magnitude beyond this saturate every output; see module docstring.
+_LEFT_CLAMP = 1 << 16
+#: Stochastic offsets come from 32 random bits.
+_SR_MAX_SHIFT = 32
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TypeError(f"{name} must be a positive integer, not {value!r}")
+    return value
+
+
+def RequantConfig(out_width, max_shift, max_left_shift):
+    """Layout of a lane's per-layer run-time configuration.
+
+    Fields: ``shift`` (signed ``s``), ``mode`` (:data:`MODE`), ``lo``/``hi`` (clamp bounds:
+    the output format's range narrowed by a fused activation), ``sat_lo``/``sat_hi`` (whether
+    a value clamped at ``lo``/``hi`` counts as a saturation event: true when that bound is
+    the format's own limit rather than the activation's)."""
+    return data.StructLayout({
+        "shift": signed(max(max_shift, max_left_shift).bit_length() + 1),
+        "mode": unsigned(2),
+        "lo": signed(out_width),
+        "hi": signed(out_width),
+        "sat_lo": unsigned(1),
+        "sat_hi": unsigned(1),
+    })
+
+
+def requant_config(shift, mode, out_format, lo=None, hi=None):
+    """The configuration values for one layer, derived from the golden definitions.
+
+    Parameters are those of :func:`systolic.golden.rounding.requantize`: ``lo``/``hi`` are a
+    fused activation's bounds (``None``: the format's own limit).
+
+    Returns
+    -------
+    dict
+        Field values for :func:`RequantConfig`.
+    """
+    return {
+        "shift": shift, "mode": MODE[mode],
+        "lo": out_format.min if lo is None else max(lo, out_format.min),
+        "hi": out_format.max if hi is None else min(hi, out_format.max),
+        # golden counts an event when clip(y, lo, hi) leaves the format's range
+        "sat_lo": int(lo is None or lo < out_format.min),
+        "sat_hi": int(hi is None or hi > out_format.max),
+    }
+
+
+class Requantizer(wiring.Component):
+    """A requantization lane: bias add, shift with run-time rounding mode, saturation.
+
+    Parameters
+    ----------
+    acc_width : int
+        Width of the signed accumulator (and of the aligned bias).
+    out_width : int
+        Widest output format, 2..16 bits; narrower formats are clamp bounds in ``config``.
+    max_shift : int
+        Largest right shift ``s`` the lane supports.
+    max_left_shift : int
+        Largest left shift ``-s``.
+    stochastic : bool
+        Include the stochastic-rounding generator.  Without it, mode ``stochastic`` is
+        not supported (the compiler must not select it).
+    rounds_per_stage : int
+        Generator rounds per pipeline stage (see :class:`~.srgen.SRRounds`).
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout{acc, bias, index}))
+        ``acc`` and ``bias`` are signed ``acc_width``; ``bias`` is already aligned to the
+        accumulator's scale; ``index`` is the element's flat (C, H, W) output index.
+    o : Out(stream.Signature(StructLayout{value, saturated}))
+        ``value`` signed ``out_width``; ``saturated`` flags a saturation event.
+    config : In(RequantConfig)
+        Held constant while a layer runs.
+    sr_keys : In(ROUNDS * 16)
+        Round keys from :class:`~.srgen.SRKeySchedule` (only with ``stochastic``).
+
+    Raises
+    ------
+    TypeError
+        A width or shift that is not a positive integer.
+    ValueError
+        ``out_width`` outside 2..16, or ``max_shift`` beyond what ``acc_width`` can use.
+
+    Latency ``3 + max(1, L)`` cycles, where ``L`` is the generator's latency with
+    ``stochastic`` (``ceil(ROUNDS / rounds_per_stage)``); throughput one element per cycle.  Back-pressure stalls the whole pipeline (shared enable).
+    """
+
+    def __init__(self, *, acc_width, out_width=8, max_shift=None, max_left_shift=16,
+                 stochastic=True, rounds_per_stage=3):
+        _positive_int("Accumulator width", acc_width)
+        _positive_int("Output width", out_width)
+        if not MIN_WIDTH <= out_width <= MAX_WIDTH:
+            raise ValueError(f"Output width must be between {MIN_WIDTH} and {MAX_WIDTH}, "
+                             f"not {out_width}")
+        if max_shift is None:
+            max_shift = acc_width + 1
+        _positive_int("Maximum shift", max_shift)
+        if max_shift > acc_width + 1:
+            raise ValueError(f"Maximum shift must be at most acc_width + 1 = {acc_width + 1} "
+                             f"(larger shifts give the same results), not {max_shift}")
+        if isinstance(max_left_shift, bool) or not isinstance(max_left_shift, int) or \
+                max_left_shift < 0:
+            raise TypeError(f"Maximum left shift must be a non-negative integer, not "
+                            f"{max_left_shift!r}")
+        if not isinstance(stochastic, bool):
+            raise TypeError(f"Stochastic must be a bool, not {stochastic!r}")
+        self._acc_width = acc_width
+        self._out_width = out_width
+        self._max_shift = max_shift
+        self._max_left_shift = max_left_shift
+        self._stochastic = stochastic
+        self._rounds = SRRounds(rounds_per_stage=rounds_per_stage) if stochastic else None
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({
+                "acc": signed(acc_width), "bias": signed(acc_width),
+                "index": unsigned(srgen.INDEX_BITS)}))),
+            "o": Out(stream.Signature(data.StructLayout({
+                "value": signed(out_width), "saturated": unsigned(1)}))),
+            "config": In(RequantConfig(out_width, max_shift, max_left_shift)),
+            "sr_keys": In(srgen.ROUNDS * srgen.WORD),
+        })
+
+    acc_width = property(lambda self: self._acc_width)
+    out_width = property(lambda self: self._out_width)
+    max_shift = property(lambda self: self._max_shift)
+    max_left_shift = property(lambda self: self._max_left_shift)
+    stochastic = property(lambda self: self._stochastic)
+
+    @property
+    def latency(self):
+        """Cycles from input transfer to output valid (with no stalls)."""
+        return 3 + (self._rounds.latency if self._stochastic else 1)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        n = self.latency
+        valid = Signal(n)                      # valid bit of each pipeline stage
+        advance = Signal()
+        m.d.comb += [
+            advance.eq(~valid[-1] | self.o.ready),
+            self.i.ready.eq(advance),
+            self.o.valid.eq(valid[-1]),
+        ]
+        with m.If(advance):
+            m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
+
+        def stage(value, name):
+            reg = Signal.like(value, name=name) if isinstance(value, Signal) else \
+                Signal(value.shape(), name=name)
+            with m.If(advance):
+                m.d.sync += reg.eq(value)
+            return reg
+
+        # Stage 1: exact sum of accumulator and aligned bias.
+        x = stage(self.i.p.acc + self.i.p.bias, "x")
+        # Generator: H(seed, layer, index) arrives as x leaves its delay line.
+        if self._stochastic:
+            rounds = m.submodules.rounds = self._rounds
+            m.d.comb += [rounds.keys.eq(self.sr_keys), rounds.index.eq(self.i.p.index),
+                         rounds.enable.eq(advance)]
+            # rounds registers its input stage itself; align x with its output
+            for k in range(rounds.latency - 1):
+                x = stage(x, f"x_d{k}")
+            h = rounds.h
+        xw = len(x)
+
+        # Stage 2: addend of the rounding mode.
+        s = cfg.shift
+        s_pos = Signal(range(self._max_shift + 1))
+        m.d.comb += s_pos.eq(Mux(s > 0, s, 0))
+        mask = Signal(xw + 1)                  # 2**s - 1
+        half_m1 = Signal(xw + 1)               # 2**(s-1) - 1
+        m.d.comb += [mask[i].eq(s_pos > i) for i in range(xw + 1)]
+        m.d.comb += [half_m1[i].eq(s_pos > i + 1) for i in range(xw + 1)]
+        q_lsb = (x >> s_pos)[0]
+        addend = Signal(unsigned(xw + 1))
+        with m.Switch(cfg.mode):
+            with m.Case(MODE["nearest_even"]):
+                m.d.comb += addend.eq(half_m1 + q_lsb)
+            if self._stochastic:
+                with m.Case(MODE["stochastic"]):
+                    m.d.comb += addend.eq(h & mask[:32])
+        t = stage(x + addend, "t")
+
+        # Stage 3: shift.  Right by s > 0 (arithmetic); left by -s after the clamp.
+        k = Signal(range(self._max_left_shift + 1))
+        m.d.comb += k.eq(Mux(s < 0, -s, 0))
+        x_left = Signal(signed(18))
+        m.d.comb += x_left.eq(Mux(x > _LEFT_CLAMP, _LEFT_CLAMP,
+                                  Mux(x < -_LEFT_CLAMP, -_LEFT_CLAMP, x)))
+        x_left_d = stage(x_left, "x_left")   # aligned with t
+        y = stage(Mux(s > 0, t >> s_pos, x_left_d << k), "y")
+
+        # Stage 4: clamp into [lo, hi]; saturation event when a format limit clamps.
+        value = Signal(signed(self._out_width))
+        saturated = Signal()
+        with m.If(y < cfg.lo):
+            m.d.comb += [value.eq(cfg.lo), saturated.eq(cfg.sat_lo)]
+        with m.Elif(y > cfg.hi):
+            m.d.comb += [value.eq(cfg.hi), saturated.eq(cfg.sat_hi)]
+        with m.Else():
+            m.d.comb += value.eq(y)
+        m.d.comb += [self.o.p.value.eq(stage(value, "value")),
+                     self.o.p.saturated.eq(stage(saturated, "saturated"))]
+        return m
