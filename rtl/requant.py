@@ -146,7 +146,9 @@ class Requantizer(wiring.Component):
         self._max_shift = max_shift
         self._max_left_shift = max_left_shift
         self._stochastic = stochastic
-        self._rounds = SRRounds(rounds_per_stage=rounds_per_stage) if stochastic else None
+        if stochastic:
+            SRRounds(rounds_per_stage=rounds_per_stage)  # validate now, build in elaborate
+        self._rounds_per_stage = rounds_per_stage
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "acc": signed(acc_width), "bias": signed(acc_width),
@@ -166,7 +168,7 @@ class Requantizer(wiring.Component):
     @property
     def latency(self):
         """Cycles from input transfer to output valid (with no stalls)."""
-        return 3 + (self._rounds.latency if self._stochastic else 1)
+        return 3 + (-(-srgen.ROUNDS // self._rounds_per_stage) if self._stochastic else 1)
 
     def elaborate(self, platform):
         m = Module()
@@ -193,7 +195,7 @@ class Requantizer(wiring.Component):
         x = stage(self.i.p.acc + self.i.p.bias, "x")
         # Generator: H(seed, layer, index) arrives as x leaves its delay line.
         if self._stochastic:
-            rounds = m.submodules.rounds = self._rounds
+            rounds = m.submodules.rounds = SRRounds(rounds_per_stage=self._rounds_per_stage)
             m.d.comb += [rounds.keys.eq(self.sr_keys), rounds.index.eq(self.i.p.index),
                          rounds.enable.eq(advance)]
             # rounds registers its input stage itself; align x with its output
