@@ -23,7 +23,7 @@ from systolic.golden import srgen
 from systolic.golden.qformat import MAX_WIDTH, MIN_WIDTH
 from systolic.golden.rounding import ROUNDING_MODES
 
-from .srgen import SRRounds
+from .srgen import SRRounds, check_rounds_per_stage, pipeline_stages
 
 __all__ = ["MODE", "RequantConfig", "Requantizer", "requant_config"]
 
@@ -146,9 +146,7 @@ class Requantizer(wiring.Component):
         self._max_shift = max_shift
         self._max_left_shift = max_left_shift
         self._stochastic = stochastic
-        if stochastic:
-            SRRounds(rounds_per_stage=rounds_per_stage)  # validate now, build in elaborate
-        self._rounds_per_stage = rounds_per_stage
+        self._rounds_per_stage = check_rounds_per_stage(rounds_per_stage)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "acc": signed(acc_width), "bias": signed(acc_width),
@@ -168,7 +166,7 @@ class Requantizer(wiring.Component):
     @property
     def latency(self):
         """Cycles from input transfer to output valid (with no stalls)."""
-        return 3 + (-(-srgen.ROUNDS // self._rounds_per_stage) if self._stochastic else 1)
+        return 3 + (pipeline_stages(self._rounds_per_stage) if self._stochastic else 1)
 
     def elaborate(self, platform):
         m = Module()

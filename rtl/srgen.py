@@ -15,7 +15,8 @@ from amaranth.lib.wiring import In, Out
 
 from systolic.golden import srgen
 
-__all__ = ["SRKeySchedule", "SRRounds", "speck_round"]
+__all__ = ["SRKeySchedule", "SRRounds", "speck_round", "check_rounds_per_stage",
+           "pipeline_stages"]
 
 _W = srgen.WORD
 
@@ -35,6 +36,20 @@ def speck_round(x, y, k):
     x2 = ((_rotr(x, srgen.ROT_X) + y)[:_W]) ^ k
     y2 = _rotl(y, srgen.ROT_Y) ^ x2
     return x2, y2
+
+
+def check_rounds_per_stage(value):
+    """Return ``value`` if it is a valid ``rounds_per_stage``; raise otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TypeError(f"Rounds per stage must be a positive integer, not {value!r}")
+    if value > srgen.ROUNDS:
+        raise ValueError(f"Rounds per stage must be at most {srgen.ROUNDS}, not {value}")
+    return value
+
+
+def pipeline_stages(rounds_per_stage):
+    """Register stages (the latency) of :class:`SRRounds` with ``rounds_per_stage``."""
+    return -(-srgen.ROUNDS // rounds_per_stage)
 
 
 class SRKeySchedule(wiring.Component):
@@ -120,14 +135,7 @@ class SRRounds(wiring.Component):
     h: Out(32)
 
     def __init__(self, *, rounds_per_stage=3):
-        if isinstance(rounds_per_stage, bool) or not isinstance(rounds_per_stage, int) or \
-                rounds_per_stage < 1:
-            raise TypeError(f"Rounds per stage must be a positive integer, not "
-                            f"{rounds_per_stage!r}")
-        if rounds_per_stage > srgen.ROUNDS:
-            raise ValueError(f"Rounds per stage must be at most {srgen.ROUNDS}, not "
-                             f"{rounds_per_stage}")
-        self._rounds_per_stage = rounds_per_stage
+        self._rounds_per_stage = check_rounds_per_stage(rounds_per_stage)
         super().__init__()
 
     @property
@@ -136,7 +144,7 @@ class SRRounds(wiring.Component):
 
     @property
     def latency(self):
-        return -(-srgen.ROUNDS // self._rounds_per_stage)
+        return pipeline_stages(self._rounds_per_stage)
 
     def elaborate(self, platform):
         m = Module()
