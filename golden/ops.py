@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 _EXACT_LIMIT = 1 << 53
+_EXACT_LIMIT_F32 = 1 << 24
 
 
 def _windows(x, kernel, stride, pads):
@@ -34,14 +35,28 @@ def _windows(x, kernel, stride, pads):
     return win[:, :, ::stride, ::stride]
 
 
+def _exact_dtype(k, amax, bmax):
+    """The cheapest dtype in which a product of a ``(.., k)`` and a ``(k, ..)`` integer
+    matrix with entries bounded by ``amax`` and ``bmax`` is exact in any summation order:
+    every partial sum is an integer of magnitude at most ``k * amax * bmax``, exact in
+    float32 below 2**24 and in float64 below 2**53."""
+    bound = k * int(amax) * int(bmax)
+    if bound < _EXACT_LIMIT_F32:
+        return np.float32
+    if bound < _EXACT_LIMIT:
+        return np.float64
+    return np.int64
+
+
+def _amax(a):
+    return int(np.abs(a).max(initial=0))
+
+
 def _matmul_exact(a, b):
-    """``a @ b`` for integer arrays, exact.  Uses float64 BLAS when the bound allows."""
-    k = a.shape[-1]
-    amax = int(np.abs(a).max(initial=0))
-    bmax = int(np.abs(b).max(initial=0))
-    if k * amax * bmax < _EXACT_LIMIT:
-        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
-    return a.astype(np.int64) @ b.astype(np.int64)
+    """``a @ b`` for integer arrays, exact: float32 or float64 BLAS when the bound allows,
+    int64 otherwise (see :func:`_exact_dtype`)."""
+    dtype = _exact_dtype(a.shape[-1], _amax(a), _amax(b))
+    return (a.astype(dtype) @ b.astype(dtype)).astype(np.int64)
 
 
 def conv2d_acc(x, weight, *, stride=1, padding="valid"):
@@ -50,15 +65,17 @@ def conv2d_acc(x, weight, *, stride=1, padding="valid"):
     Works for integer inputs (exact int64 result) and float inputs (float64 result)."""
     x = np.asarray(x)
     o, c, kh, kw = weight.shape
+    integer = x.dtype.kind != "f" and weight.dtype.kind != "f"
+    dtype = _exact_dtype(c * kh * kw, _amax(x), _amax(weight)) if integer else np.float64
+    # Convert before the im2col copy, so it is made once, in the narrowest exact dtype.
+    x, wmat = x.astype(dtype, copy=False), weight.reshape(o, c * kh * kw).T.astype(dtype)
     pads = resolve_padding(padding, x.shape[2:], (kh, kw), stride)
     win = _windows(x, (kh, kw), stride, pads)
     n, _, ho, wo = win.shape[:4]
     cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
-    wmat = weight.reshape(o, c * kh * kw).T
-    if x.dtype.kind == "f" or weight.dtype.kind == "f":
-        out = cols.astype(np.float64) @ wmat.astype(np.float64)
-    else:
-        out = _matmul_exact(cols, wmat)
+    out = cols @ wmat
+    if integer:
+        out = out.astype(np.int64)
     return out.reshape(n, ho, wo, o).transpose(0, 3, 1, 2)
 
 

@@ -603,6 +603,27 @@ def test_matmul_exact_near_2_53(k, amax, bmax, float_breaks):
     assert np.array_equal(fl, expected) != float_breaks, msg
 
 
+@pytest.mark.parametrize("k, amax, bmax, path", [
+    (4, 1 << 11, (1 << 11) - 1, np.float32),   # 2**24 - 2**13: float32 path
+    (4, 1 << 11, 1 << 11, np.float64),         # exactly 2**24: float64 path
+    (4, 1 << 11, (1 << 11) + 1, np.float64),   # a float32 product would round the odd sum
+])
+def test_matmul_exact_near_2_24(k, amax, bmax, path):
+    assert ops._exact_dtype(k, amax, bmax) is path
+    a = np.full((2, k), amax, dtype=np.int64)
+    a[1, -1] = amax - 1
+    b = np.full((k, 2), bmax, dtype=np.int64)
+    expected = [[sum(int(a[i, t]) * int(b[t, j]) for t in range(k)) for j in range(2)]
+                for i in range(2)]
+    np.testing.assert_array_equal(ops._matmul_exact(a, b), expected)
+    # conv2d_acc takes the same path: a 1x1 convolution over k channels is this product
+    x = a.reshape(2, k, 1, 1)
+    w = b.T.reshape(2, k, 1, 1)
+    np.testing.assert_array_equal(ops.conv2d_acc(x, w)[:, :, 0, 0], expected)
+    f32 = (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+    assert np.array_equal(f32, expected) == (path is np.float32 or bmax % 2 == 0)
+
+
 def test_conv2d_acc_exact_with_wide_values():
     # 16-bit operands, 7x7 kernel: sums beyond 2**31 but inside the float64 bound.
     rng = np.random.default_rng(7)
