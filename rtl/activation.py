@@ -38,50 +38,16 @@ from systolic.golden.ops import clamp_bounds
 from systolic.golden.qformat import MAX_WIDTH, MIN_WIDTH, QFormat
 from systolic.golden.rounding import check_mode
 
-from .requant import RequantConfig, Requantizer, requant_config
+from ._params import check_int
+from .requant import RequantConfig, Requantizer, requant_config, requant_shift
 
-__all__ = ["Activation", "ActivationConfig", "LUT_FUNCTION", "lut_image", "requant_shift"]
+__all__ = ["Activation", "ActivationConfig", "LUT_FUNCTION", "lut_image"]
 
 #: The function name of a lookup-table activation (every other name is computed).
 LUT_FUNCTION = "lut"
 #: Leaky-ReLU slope shifts allowed by the IR (``golden.ir``: 1..15); also the widest
 #: hard-sigmoid pre-shift the default unit supports.
 _MAX_PRE_SHIFT = 15
-
-
-def _int_param(name, value, lo=1, hi=None):
-    """One parameter check in Amaranth's message style: ``TypeError`` for a wrong type or
-    sign, ``ValueError`` for a value beyond the limits ``lo..hi``."""
-    kind = "a non-negative integer" if lo == 0 else "a positive integer"
-    if isinstance(value, bool) or not isinstance(value, int) or value < min(lo, 1):
-        raise TypeError(f"{name} must be {kind}, not {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise ValueError(f"{name} must be {bounds}, not {value}")
-    return value
-
-
-def requant_shift(shift, requantizer):
-    """Map a golden requantization shift onto a :class:`~.requant.Requantizer`'s range.
-
-    A left shift beyond the lane's ``max_left_shift`` (at least 16) gives the same result
-    as that limit (any nonzero value saturates, zero stays zero), so it is clamped.  A right
-    shift beyond ``max_shift`` does not fit.
-
-    Raises
-    ------
-    ConstraintError
-        ``shift`` exceeds the lane's ``max_shift``.
-    """
-    if shift > requantizer.max_shift:
-        raise ConstraintError(f"Requantization shift {shift} exceeds the unit's maximum "
-                              f"shift {requantizer.max_shift}")
-    if -shift > requantizer.max_left_shift and requantizer.max_left_shift >= MAX_WIDTH:
-        return -requantizer.max_left_shift
-    if -shift > requantizer.max_left_shift:
-        raise ConstraintError(f"Requantization left shift {-shift} exceeds the unit's maximum "
-                              f"left shift {requantizer.max_left_shift}")
-    return shift
 
 
 def lut_image(table, in_format, lut_width):
@@ -184,10 +150,10 @@ class Activation(wiring.Component):
 
     def __init__(self, *, in_width, out_width, max_pre_shift=_MAX_PRE_SHIFT, lut_width=0,
                  lut_init=None, stochastic=True):
-        _int_param("Activation input width", in_width, MIN_WIDTH, MAX_WIDTH)
-        _int_param("Activation output width", out_width, MIN_WIDTH, MAX_WIDTH)
-        _int_param("Activation pre-shift", max_pre_shift, 0, _MAX_PRE_SHIFT)
-        _int_param("Activation table width", lut_width, 0, LUT_MAX_INPUT_WIDTH)
+        check_int("Activation input width", in_width, MIN_WIDTH, MAX_WIDTH)
+        check_int("Activation output width", out_width, MIN_WIDTH, MAX_WIDTH)
+        check_int("Activation pre-shift", max_pre_shift, 0, _MAX_PRE_SHIFT)
+        check_int("Activation table width", lut_width, 0, LUT_MAX_INPUT_WIDTH)
         if not isinstance(stochastic, bool):
             raise TypeError(f"Activation stochastic must be a bool, not {stochastic!r}")
         if lut_init is not None:
@@ -275,7 +241,7 @@ class Activation(wiring.Component):
         if out_format.width > self._out_width:
             raise ConstraintError(f"Output format {out_format} is wider than the unit's "
                                   f"{self._out_width}-bit output")
-        _int_param("Activation size", size, 1, (1 << srgen.INDEX_BITS) - 1)
+        check_int("Activation size", size, 1, (1 << srgen.INDEX_BITS) - 1)
         f_in = in_format.frac
         pos = neg = bias = 0
         lo = hi = None
@@ -292,7 +258,7 @@ class Activation(wiring.Component):
             else:
                 lo, hi = clamp_bounds(function, clip_max, out_format)
         elif function == "leaky_relu":
-            _int_param("Leaky ReLU slope shift", slope_shift, 1, _MAX_PRE_SHIFT)
+            check_int("Leaky ReLU slope shift", slope_shift, 1, _MAX_PRE_SHIFT)
             pos, f_acc = slope_shift, f_in + slope_shift
         elif function == "hard_sigmoid":
             # x/4 + 1/2 exactly, as golden: scale up by e bits when f_in + 2 < 1.

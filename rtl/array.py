@@ -20,7 +20,8 @@ from amaranth.lib.wiring import In, Out
 from systolic.golden.accumulator import accumulator_width
 from systolic.golden.errors import ConstraintError
 
-from .mac import (MULTIPLIERS, Multiplier, _choice, _operand_width, _positive_int,
+from ._params import check_int
+from .mac import (MULTIPLIERS, Multiplier, _choice, _operand_width,
                   check_multiplier)
 from .pe import OutputStationaryPE, WeightStationaryPE, _check_pe, tagged_layout
 from .skew import Deskew, Skew, _any
@@ -38,7 +39,7 @@ DEFAULT_MAX_REDUCTION = 1024
 
 
 def _size(name, value):
-    _positive_int(name, value)
+    check_int(name, value)
     if value > MAX_SIZE:
         raise ValueError(f"{name} must be at most {MAX_SIZE}, not {value}")
     return value
@@ -339,14 +340,14 @@ class SystolicArray(wiring.Component):
         check_multiplier(multiplier, in_width, weight_width, names=("Input", "Weight"))
         if max_reduction is None:
             max_reduction = DEFAULT_MAX_REDUCTION if dataflow == "os" else rows
-        _positive_int("Maximum reduction", max_reduction)
+        check_int("Maximum reduction", max_reduction)
         if dataflow == "ws" and max_reduction < rows:
             raise ValueError(f"Maximum reduction of a weight-stationary array must be at "
                              f"least its {rows} rows, not {max_reduction}")
         need = accumulator_width(in_width, weight_width, max_reduction)
         if acc_width is None:
             acc_width = need
-        _positive_int("Accumulator width", acc_width)
+        check_int("Accumulator width", acc_width)
         if acc_width < need:
             raise ConstraintError(
                 f"Accumulator width {acc_width} is too narrow: {in_width}-bit inputs x "

@@ -43,6 +43,8 @@ from amaranth.lib.wiring import In, Out
 from systolic.golden.errors import ConstraintError
 from systolic.golden.qformat import MAX_WIDTH, MIN_WIDTH
 
+from ._params import check_int
+
 __all__ = ["MULTIPLIERS", "SB_MAC16_DUAL_8X8", "Dual8x8", "Multiplier", "check_multiplier",
            "is_ice40"]
 
@@ -66,14 +68,8 @@ SB_MAC16_DUAL_8X8 = {
 }
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TypeError(f"{name} must be a positive integer, not {value!r}")
-    return value
-
-
 def _operand_width(name, value):
-    _positive_int(name, value)
+    check_int(name, value)
     if not MIN_WIDTH <= value <= MAX_WIDTH:
         raise ValueError(f"{name} must be between {MIN_WIDTH} and {MAX_WIDTH}, not {value}")
     return value
@@ -224,7 +220,7 @@ class Multiplier(wiring.Component):
         _operand_width("Operand a width", a_width)
         _operand_width("Operand b width", b_width)
         check_multiplier(kind, a_width, b_width)
-        _positive_int("Multiplier lanes", lanes)
+        check_int("Multiplier lanes", lanes)
         self._kind = kind
         self._a_width = a_width
         self._b_width = b_width

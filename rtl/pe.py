@@ -23,7 +23,8 @@ from amaranth.lib.wiring import In, Out
 
 from systolic.golden.errors import ConstraintError
 
-from .mac import (MULTIPLIERS, Multiplier, _choice, _operand_width, _positive_int,
+from ._params import check_int
+from .mac import (MULTIPLIERS, Multiplier, _choice, _operand_width,
                   check_multiplier)
 
 __all__ = ["PE_MULTIPLIERS", "OutputStationaryPE", "WeightStationaryPE",
@@ -55,7 +56,7 @@ def tagged_layout(shape):
 def _check_pe(in_width, weight_width, acc_width, multiplier):
     _operand_width("Input width", in_width)
     _operand_width("Weight width", weight_width)
-    _positive_int("Accumulator width", acc_width)
+    check_int("Accumulator width", acc_width)
     _choice("Multiplier", multiplier, PE_MULTIPLIERS)
     if multiplier != "external":
         check_multiplier(multiplier, in_width, weight_width, names=("Input", "Weight"))
@@ -168,7 +169,7 @@ class OutputStationaryPE(_PE):
     def __init__(self, *, in_width, weight_width, acc_width, multiplier="inferred"):
         _operand_width("Input width", in_width)
         _operand_width("Weight width", weight_width)
-        _positive_int("Accumulator width", acc_width)
+        check_int("Accumulator width", acc_width)
         slot = tagged_layout(signed(acc_width))
         super().__init__(in_width=in_width, weight_width=weight_width, acc_width=acc_width,
                          multiplier=multiplier, members={
@@ -260,7 +261,7 @@ class WeightStationaryPE(_PE):
     def __init__(self, *, in_width, weight_width, acc_width, multiplier="inferred"):
         _operand_width("Input width", in_width)
         _operand_width("Weight width", weight_width)
-        _positive_int("Accumulator width", acc_width)
+        check_int("Accumulator width", acc_width)
         super().__init__(in_width=in_width, weight_width=weight_width, acc_width=acc_width,
                          multiplier=multiplier, members={
                              "en": In(1),

@@ -28,8 +28,8 @@ from systolic.golden.errors import ConstraintError
 from systolic.golden.qformat import MAX_WIDTH, MIN_WIDTH, QFormat
 from systolic.golden.rounding import check_mode
 
-from .activation import _int_param, requant_shift
-from .requant import RequantConfig, Requantizer, requant_config
+from ._params import check_int
+from .requant import RequantConfig, Requantizer, requant_config, requant_shift
 
 __all__ = ["Pool", "PoolConfig", "POOL_OPS"]
 
@@ -104,16 +104,16 @@ class Pool(wiring.Component):
                  max_width=32, stochastic=True):
         if op not in POOL_OPS:
             raise ValueError(f"Pool op must be one of {', '.join(POOL_OPS)}, not {op!r}")
-        _int_param("Pool input width", in_width, MIN_WIDTH, MAX_WIDTH)
+        check_int("Pool input width", in_width, MIN_WIDTH, MAX_WIDTH)
         if out_width is None:
             out_width = in_width
-        _int_param("Pool output width", out_width, MIN_WIDTH, MAX_WIDTH)
+        check_int("Pool output width", out_width, MIN_WIDTH, MAX_WIDTH)
         if op == "max" and out_width != in_width:
             raise ValueError(f"Max pool output width must equal its input width "
                              f"{in_width}, not {out_width}")
-        _int_param("Pool kernel", max_kernel, 1)
-        _int_param("Pool map height", max_height, 1)
-        _int_param("Pool map width", max_width, 1)
+        check_int("Pool kernel", max_kernel, 1)
+        check_int("Pool map height", max_height, 1)
+        check_int("Pool map width", max_width, 1)
         if max_kernel > min(max_height, max_width):
             raise ValueError(f"Pool kernel {max_kernel} does not fit the largest map "
                              f"{max_height}x{max_width}")
@@ -184,10 +184,10 @@ class Pool(wiring.Component):
         ConstraintError
             A map, kernel or format beyond this unit's limits.
         """
-        _int_param("Pool kernel", kernel, 1)
-        _int_param("Pool map height", height, 1)
-        _int_param("Pool map width", width, 1)
-        _int_param("Pool channels", channels, 1)
+        check_int("Pool kernel", kernel, 1)
+        check_int("Pool map height", height, 1)
+        check_int("Pool map width", width, 1)
+        check_int("Pool channels", channels, 1)
         if kernel > self._max_kernel:
             raise ConstraintError(f"Pool kernel {kernel} exceeds the unit's maximum "
                                   f"{self._max_kernel}")

@@ -20,12 +20,14 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from systolic.golden import srgen
+from systolic.golden.errors import ConstraintError
 from systolic.golden.qformat import MAX_WIDTH, MIN_WIDTH
 from systolic.golden.rounding import ROUNDING_MODES
 
+from ._params import check_int
 from .srgen import SRRounds, check_rounds_per_stage, pipeline_stages
 
-__all__ = ["MODE", "RequantConfig", "Requantizer", "requant_config"]
+__all__ = ["MODE", "RequantConfig", "Requantizer", "requant_config", "requant_shift"]
 
 #: Run-time encoding of the rounding modes (the order of golden ``ROUNDING_MODES``).
 MODE = {name: code for code, name in enumerate(ROUNDING_MODES)}
@@ -34,12 +36,6 @@ MODE = {name: code for code, name in enumerate(ROUNDING_MODES)}
 _LEFT_CLAMP = 1 << 16
 #: Stochastic offsets come from 32 random bits.
 _SR_MAX_SHIFT = 32
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TypeError(f"{name} must be a positive integer, not {value!r}")
-    return value
 
 
 def RequantConfig(out_width, max_shift, max_left_shift):
@@ -124,14 +120,14 @@ class Requantizer(wiring.Component):
 
     def __init__(self, *, acc_width, out_width=8, max_shift=None, max_left_shift=16,
                  stochastic=True, rounds_per_stage=3):
-        _positive_int("Accumulator width", acc_width)
-        _positive_int("Output width", out_width)
+        check_int("Accumulator width", acc_width)
+        check_int("Output width", out_width)
         if not MIN_WIDTH <= out_width <= MAX_WIDTH:
             raise ValueError(f"Output width must be between {MIN_WIDTH} and {MAX_WIDTH}, "
                              f"not {out_width}")
         if max_shift is None:
             max_shift = acc_width + 1
-        _positive_int("Maximum shift", max_shift)
+        check_int("Maximum shift", max_shift)
         if max_shift > acc_width + 1:
             raise ValueError(f"Maximum shift must be at most acc_width + 1 = {acc_width + 1} "
                              f"(larger shifts give the same results), not {max_shift}")
@@ -241,3 +237,26 @@ class Requantizer(wiring.Component):
         m.d.comb += [self.o.p.value.eq(stage(value, "value")),
                      self.o.p.saturated.eq(stage(saturated, "saturated"))]
         return m
+
+
+def requant_shift(shift, requantizer):
+    """Map a golden requantization shift onto a :class:`~.requant.Requantizer`'s range.
+
+    A left shift beyond the lane's ``max_left_shift`` (at least 16) gives the same result
+    as that limit (any nonzero value saturates, zero stays zero), so it is clamped.  A right
+    shift beyond ``max_shift`` does not fit.
+
+    Raises
+    ------
+    ConstraintError
+        ``shift`` exceeds the lane's ``max_shift``.
+    """
+    if shift > requantizer.max_shift:
+        raise ConstraintError(f"Requantization shift {shift} exceeds the unit's maximum "
+                              f"shift {requantizer.max_shift}")
+    if -shift > requantizer.max_left_shift and requantizer.max_left_shift >= MAX_WIDTH:
+        return -requantizer.max_left_shift
+    if -shift > requantizer.max_left_shift:
+        raise ConstraintError(f"Requantization left shift {-shift} exceeds the unit's maximum "
+                              f"left shift {requantizer.max_left_shift}")
+    return shift

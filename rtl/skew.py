@@ -14,14 +14,14 @@ from amaranth.hdl import Module, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .mac import _positive_int
+from ._params import check_int
 from .pe import tagged_layout
 
 __all__ = ["Skew", "Deskew"]
 
 
 def _check(shape, lanes):
-    _positive_int("Skew lanes", lanes)
+    check_int("Skew lanes", lanes)
     try:
         Shape.cast(shape)
     except TypeError:

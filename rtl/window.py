@@ -24,7 +24,7 @@ from systolic.golden.errors import ConstraintError
 from systolic.golden.ir import MAX_KERNEL, resolve_padding
 from systolic.golden.qformat import MAX_WIDTH, MIN_WIDTH
 
-from .activation import _int_param
+from ._params import check_int
 
 __all__ = ["Window", "WindowConfig", "MAX_STRIDE"]
 
@@ -111,11 +111,11 @@ class Window(wiring.Component):
 
     def __init__(self, *, width, max_kernel=MAX_KERNEL, max_channels=16, max_height=32,
                  max_width=32):
-        _int_param("Window value width", width, MIN_WIDTH, MAX_WIDTH)
-        _int_param("Window kernel", max_kernel, 1, MAX_KERNEL)
-        _int_param("Window channels", max_channels, 1)
-        _int_param("Window map height", max_height, 1)
-        _int_param("Window map width", max_width, 1)
+        check_int("Window value width", width, MIN_WIDTH, MAX_WIDTH)
+        check_int("Window kernel", max_kernel, 1, MAX_KERNEL)
+        check_int("Window channels", max_channels, 1)
+        check_int("Window map height", max_height, 1)
+        check_int("Window map width", max_width, 1)
         self._width = width
         self._max_kernel = max_kernel
         self._max_channels = max_channels
@@ -168,12 +168,12 @@ class Window(wiring.Component):
             A map or kernel beyond this unit's limits.
         """
         for name, v in (("channels", channels), ("height", height), ("width", width)):
-            _int_param(f"Window {name}", v, 1)
+            check_int(f"Window {name}", v, 1)
         kh, kw = (kernel, kernel) if isinstance(kernel, int) and \
             not isinstance(kernel, bool) else tuple(kernel)
-        _int_param("Window kernel height", kh, 1)
-        _int_param("Window kernel width", kw, 1)
-        _int_param("Window passes", passes, 1, (1 << _PASS_BITS) - 1)
+        check_int("Window kernel height", kh, 1)
+        check_int("Window kernel width", kw, 1)
+        check_int("Window passes", passes, 1, (1 << _PASS_BITS) - 1)
         if stride not in (1, 2) or isinstance(stride, bool):
             raise ValueError(f"Window stride must be 1 or 2, not {stride!r}")
         if max(kh, kw) > self._max_kernel:
