@@ -94,12 +94,17 @@ class Requantizer(wiring.Component):
         not supported (the compiler must not select it).
     rounds_per_stage : int
         Generator rounds per pipeline stage (see :class:`~.srgen.SRRounds`).
+    external_h : bool
+        With ``stochastic``: take ``H(seed, layer, index)`` from the input's ``h`` field
+        instead of computing it, so that lanes whose elements share an index (the images of
+        a batch) share one generator.  ``index`` is then unused.
 
     Members
     -------
     i : In(stream.Signature(StructLayout{acc, bias, index}))
         ``acc`` and ``bias`` are signed ``acc_width``; ``bias`` is already aligned to the
         accumulator's scale; ``index`` is the element's flat (C, H, W) output index.
+        With ``external_h`` there is a fourth field, ``h`` (32 bits).
     o : Out(stream.Signature(StructLayout{value, saturated}))
         ``value`` signed ``out_width``; ``saturated`` flags a saturation event.
     config : In(RequantConfig)
@@ -115,11 +120,12 @@ class Requantizer(wiring.Component):
         ``out_width`` outside 2..16, or ``max_shift`` beyond what ``acc_width`` can use.
 
     Latency ``3 + max(1, L)`` cycles, where ``L`` is the generator's latency with
-    ``stochastic`` (``ceil(ROUNDS / rounds_per_stage)``); throughput one element per cycle.  Back-pressure stalls the whole pipeline (shared enable).
+    ``stochastic`` and without ``external_h`` (``ceil(ROUNDS / rounds_per_stage)``), else
+    0; throughput one element per cycle.  Back-pressure stalls the whole pipeline (shared enable).
     """
 
     def __init__(self, *, acc_width, out_width=8, max_shift=None, max_left_shift=16,
-                 stochastic=True, rounds_per_stage=3):
+                 stochastic=True, rounds_per_stage=3, external_h=False):
         check_int("Accumulator width", acc_width)
         check_int("Output width", out_width)
         if not MIN_WIDTH <= out_width <= MAX_WIDTH:
@@ -137,16 +143,23 @@ class Requantizer(wiring.Component):
                             f"{max_left_shift!r}")
         if not isinstance(stochastic, bool):
             raise TypeError(f"Stochastic must be a bool, not {stochastic!r}")
+        if not isinstance(external_h, bool):
+            raise TypeError(f"External H must be a bool, not {external_h!r}")
+        if external_h and not stochastic:
+            raise ValueError("External H needs a stochastic lane")
+        self._external_h = external_h
         self._acc_width = acc_width
         self._out_width = out_width
         self._max_shift = max_shift
         self._max_left_shift = max_left_shift
         self._stochastic = stochastic
         self._rounds_per_stage = check_rounds_per_stage(rounds_per_stage)
+        fields = {"acc": signed(acc_width), "bias": signed(acc_width),
+                  "index": unsigned(srgen.INDEX_BITS)}
+        if external_h:
+            fields["h"] = unsigned(32)
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({
-                "acc": signed(acc_width), "bias": signed(acc_width),
-                "index": unsigned(srgen.INDEX_BITS)}))),
+            "i": In(stream.Signature(data.StructLayout(fields))),
             "o": Out(stream.Signature(data.StructLayout({
                 "value": signed(out_width), "saturated": unsigned(1)}))),
             "config": In(RequantConfig(out_width, max_shift, max_left_shift)),
@@ -158,11 +171,14 @@ class Requantizer(wiring.Component):
     max_shift = property(lambda self: self._max_shift)
     max_left_shift = property(lambda self: self._max_left_shift)
     stochastic = property(lambda self: self._stochastic)
+    external_h = property(lambda self: self._external_h)
 
     @property
     def latency(self):
         """Cycles from input transfer to output valid (with no stalls)."""
-        return 3 + (pipeline_stages(self._rounds_per_stage) if self._stochastic else 1)
+        if self._stochastic and not self._external_h:
+            return 3 + pipeline_stages(self._rounds_per_stage)
+        return 4
 
     def elaborate(self, platform):
         m = Module()
@@ -188,7 +204,9 @@ class Requantizer(wiring.Component):
         # Stage 1: exact sum of accumulator and aligned bias.
         x = stage(self.i.p.acc + self.i.p.bias, "x")
         # Generator: H(seed, layer, index) arrives as x leaves its delay line.
-        if self._stochastic:
+        if self._external_h:
+            h = stage(self.i.p.h, "h")
+        elif self._stochastic:
             rounds = m.submodules.rounds = SRRounds(rounds_per_stage=self._rounds_per_stage)
             m.d.comb += [rounds.keys.eq(self.sr_keys), rounds.index.eq(self.i.p.index),
                          rounds.enable.eq(advance)]

@@ -1,0 +1,542 @@
+"""The whole-network accelerator: array, memories, output path and controller.
+
+:class:`Accelerator` runs a :class:`~.compiler.Program` on a batch of ``C`` images (one
+per array column, see :mod:`.compiler` for the mapping).  One run:
+
+1. **Load**: ``i`` takes the input tensor, one flat (C, H, W) element of every image per
+   beat, into region 0 of the ``C`` activation banks.
+2. **Compute**: each step of the program in turn.  *Setup* (``ROUNDS`` cycles) loads the
+   step's constants and runs the stochastic-rounding key schedule for ``(seed, layer)``;
+   *run* issues the step's beats from the address generator (one per cycle, the array's
+   tile rule aside); the step ends when its last output row is written.
+3. **Output**: ``o`` streams the output tensor (the logits), one element of every image
+   per beat.
+
+The datapath of a step::
+
+    address generator --> weight/bias/activation memories (1 cycle)
+        --> array (conv/dense) or pooling reducer (pool)
+        --> output row: C accumulators + bias + flat index
+        --> H(seed, layer, index), shared by the C lanes
+        --> C requantization lanes --> activation banks (write), saturation counters
+
+Nothing after the array ever stalls (the banks always accept a write), so the array's
+output is always ready and the cycle count of a step is exact
+(:meth:`~.compiler.Program.step_cycles`).
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for
+
+from systolic.golden import srgen
+
+from .array import SystolicArray
+from .compiler import LANE_LATENCY, MAX_LEFT_SHIFT, Program
+from .requant import MODE, RequantConfig, Requantizer
+from .srgen import SRKeySchedule, SRRounds
+
+__all__ = ["Accelerator", "COUNTER_WIDTH"]
+
+#: Width of the performance counters.
+COUNTER_WIDTH = 32
+
+
+def _u(n):
+    return unsigned(max(1, bits_for(n)))
+
+
+class Accelerator(wiring.Component):
+    """A compiled network in hardware.
+
+    Parameters
+    ----------
+    program : Program
+        From :func:`~.compiler.compile_network`.
+
+    Members
+    -------
+    i : In(stream.Signature(ArrayLayout(signed(act_width), C)))
+        Input tensor element ``e`` (flat (C, H, W) order) of the ``C`` images, beat ``e``.
+        A run starts when the last element has been taken.
+    o : Out(stream.Signature(StructLayout{values: ArrayLayout(signed(act_width), C), last}))
+        Output tensor element ``e`` of the ``C`` images, beat ``e``; ``last`` on the final one.
+    w : In(stream.Signature(StructLayout{addr, data}))
+        Rewrites weight word ``addr`` (``R`` weights, packed, weight ``r`` in bits
+        ``r*ww..``) between runs (taken only while the accelerator waits for input).
+    rounding : In(ArrayLayout(unsigned(2), layers))
+        Each layer's rounding mode (:data:`~.requant.MODE`); read at the layer's setup.
+    seed : In(32)
+        The stochastic-rounding seed; read at each layer's setup.
+    images : In(range(C + 1))
+        How many lanes hold real images (saturation events count only those).
+    busy : Out(1)
+        A run is computing.
+    cycles : Out(32)
+        Compute cycles of the last (or current) run.
+    layer_cycles : Out(ArrayLayout(unsigned(32), layers))
+        Cycles each layer's step took.
+    beats : Out(32)
+        Array beats taken (each is ``R * C`` multiply slots).
+    saturations : Out(ArrayLayout(unsigned(32), layers))
+        Saturation events per layer, over the real images.
+
+    Timing: ``program.cycles`` compute cycles per run exactly (no stall is possible
+    inside a run); load ``input_words`` and output ``output_words`` beats at one per cycle
+    when the streams allow.
+    """
+
+    def __init__(self, program):
+        if not isinstance(program, Program):
+            raise TypeError(f"Program must be a Program from compile_network, not "
+                            f"{type(program).__name__}")
+        self._program = program
+        cfg = program.config
+        R, C = cfg.rows, cfg.cols
+        L = len(program.network.layers)
+        aw, ww = program.act_width, program.weight_width
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(signed(aw), C))),
+            "o": Out(stream.Signature(data.StructLayout({
+                "values": data.ArrayLayout(signed(aw), C), "last": 1}))),
+            "w": In(stream.Signature(data.StructLayout({
+                "addr": _u(program.weight_words - 1), "data": unsigned(R * ww)}))),
+            "rounding": In(data.ArrayLayout(unsigned(2), L)),
+            "seed": In(32),
+            "images": In(range(C + 1)),
+            "busy": Out(1),
+            "cycles": Out(COUNTER_WIDTH),
+            "layer_cycles": Out(data.ArrayLayout(unsigned(COUNTER_WIDTH), L)),
+            "beats": Out(COUNTER_WIDTH),
+            "saturations": Out(data.ArrayLayout(unsigned(COUNTER_WIDTH), L)),
+        })
+
+    @property
+    def program(self):
+        return self._program
+
+    def elaborate(self, platform):
+        m = Module()
+        P = self._program
+        cfg = P.config
+        R, C = cfg.rows, cfg.cols
+        aw, ww, accw = P.act_width, P.weight_width, P.acc_width
+        steps = P.steps
+        S = len(steps)
+
+        # -- memories -------------------------------------------------------------------
+        mask_w = (1 << ww) - 1
+        w_init = [sum((int(v) & mask_w) << (r * ww) for r, v in enumerate(word))
+                  for word in P.weight_image]
+        wmem = m.submodules.wmem = memory.Memory(shape=unsigned(R * ww),
+                                                 depth=P.weight_words, init=w_init)
+        mask_b = (1 << accw) - 1
+        b_init = [sum((int(v) & mask_b) << (r * accw) for r, v in enumerate(word))
+                  for word in P.bias_image]
+        bmem = m.submodules.bmem = memory.Memory(shape=unsigned(R * accw),
+                                                 depth=P.bias_words, init=b_init)
+        w_rd = wmem.read_port()
+        w_wr = wmem.write_port()
+        b_rd = bmem.read_port()
+        banks = []
+        for j in range(C):
+            bank = memory.Memory(shape=signed(aw), depth=P.act_words, init=[])
+            m.submodules[f"bank_{j}"] = bank
+            banks.append((bank.read_port(), bank.write_port()))
+        act_addr = Signal(_u(P.act_words - 1))
+        act_en = Signal()
+        for rd, _ in banks:
+            m.d.comb += [rd.addr.eq(act_addr), rd.en.eq(act_en)]
+
+        # -- step constants -------------------------------------------------------------
+        # Loaded into registers at each step's setup from a table indexed by the step.
+        H_max = max(max(s.in_shape[1], s.in_shape[2]) for s in steps)
+        fields = {
+            "pool": 1, "is_max": 1,
+            "kh": _u(max(s.kh for s in steps)), "kw": _u(max(s.kw for s in steps)),
+            "stride": _u(2), "top": _u(max(s.top for s in steps)),
+            "left": _u(max(s.left for s in steps)),
+            "cin": _u(max(s.in_shape[0] for s in steps)),
+            "h": _u(H_max), "w": _u(H_max),
+            "hw": _u(max(s.in_shape[1] * s.in_shape[2] for s in steps)),
+            "ho": _u(max(s.out_shape[1] for s in steps)),
+            "wo": _u(max(s.out_shape[2] for s in steps)),
+            "howo": _u(max(s.pixels for s in steps)),
+            "ct_count": _u(max(s.channel_tiles if s.kind == "matmul" else s.out_shape[0]
+                               for s in steps)),
+            "ct_index_step": _u(max(R * s.pixels for s in steps)),
+            "cout": _u(max(s.out_shape[0] for s in steps)),
+            "k": _u(max(s.reduction for s in steps)),
+            "in_base": _u(P.act_words), "out_base": _u(P.act_words),
+            "w_base": _u(P.weight_words), "b_base": _u(P.bias_words),
+            "rows": _u(max(s.tiles * R for s in steps)),
+            "layer": _u(max(s.layer for s in steps)),
+        }
+        rq_layout = RequantConfig(aw, accw + 1, MAX_LEFT_SHIFT)
+        pl = data.StructLayout({**fields, "rq": rq_layout})
+        p = Signal(pl)
+
+        def step_const(s):
+            pool = s.kind == "pool"
+            v = {
+                "pool": int(pool), "is_max": int(s.op == "max"),
+                "kh": s.kh, "kw": s.kw, "stride": s.stride, "top": s.top, "left": s.left,
+                "cin": 1 if pool else s.in_shape[0],
+                "h": s.in_shape[1], "w": s.in_shape[2],
+                "hw": s.in_shape[1] * s.in_shape[2],
+                "ho": s.out_shape[1], "wo": s.out_shape[2], "howo": s.pixels,
+                "ct_count": s.out_shape[0] if pool else s.channel_tiles,
+                "ct_index_step": s.pixels if pool else R * s.pixels,
+                "cout": s.out_shape[0], "k": s.reduction,
+                "in_base": s.in_base, "out_base": s.out_base,
+                "w_base": s.w_base, "b_base": s.b_base,
+                "rows": s.tiles if pool else s.tiles * R,
+                "layer": s.layer,
+                "rq": {**s.requant, "mode": 0},
+            }
+            return v
+
+        step = Signal(range(max(S, 2)))
+
+        # -- control state --------------------------------------------------------------
+        state_names = ("LOAD", "SETUP", "KEYS", "RUN", "OUTPUT")
+        ST = {n: i for i, n in enumerate(state_names)}
+        state = Signal(range(len(state_names)), init=ST["LOAD"])
+        computing = Signal()
+        m.d.comb += [computing.eq((state == ST["SETUP"]) | (state == ST["KEYS"]) |
+                                  (state == ST["RUN"])),
+                     self.busy.eq(computing)]
+
+        keys = m.submodules.keys = SRKeySchedule()
+        mode = Signal(2)
+        m.d.comb += [keys.seed.eq(self.seed), keys.layer.eq(p.layer)]
+
+        # -- address generator (stage 0) -------------------------------------------------
+        kx, ky, ci = Signal.like(p.kw), Signal.like(p.kh), Signal.like(p.cin)
+        ox, oy, ct = Signal.like(p.wo), Signal.like(p.ho), Signal.like(p.ct_count)
+        kcount = Signal.like(p.k)
+        aw_bits = len(act_addr) + 2
+        xb = Signal(signed(bits_for(2 * H_max) + 2))     # ox * stride - left
+        yb = Signal(signed(bits_for(2 * H_max) + 2))     # oy * stride - top
+        ybw = Signal(signed(aw_bits + 4))                # yb * w
+        kyw = Signal(unsigned(aw_bits))                  # ky * w
+        cioff = Signal(unsigned(aw_bits))                # ci * hw
+        tplane = Signal(unsigned(aw_bits))               # pool: ct * hw
+        pix = Signal.like(p.howo)                        # oy * wo + ox
+        ct_index = Signal(unsigned(32))                  # index of the tile's row 0, pixel 0
+        wt = Signal(unsigned(bits_for(P.weight_words) + 1))   # w_base + ct * k
+        issued = Signal()                                # every beat of the step issued
+
+        x = Signal(signed(len(xb) + 1))
+        y = Signal(signed(len(yb) + 1))
+        inside = Signal()
+        addr = Signal(signed(aw_bits + 6))
+        m.d.comb += [
+            x.eq(xb + kx), y.eq(yb + ky),
+            inside.eq((x >= 0) & (x < p.w) & (y >= 0) & (y < p.h)),
+            addr.eq(p.in_base + tplane + cioff + ybw + kyw + x),
+        ]
+        last_kx = kx == p.kw - 1
+        last_ky = ky == p.kh - 1
+        last_ci = ci == p.cin - 1
+        last_beat = Signal()
+        m.d.comb += last_beat.eq(last_kx & last_ky & last_ci)
+        last_ox = ox == p.wo - 1
+        last_oy = oy == p.ho - 1
+        last_ct = ct == p.ct_count - 1
+
+        # -- stage 1: memory outputs and the beat's control --------------------------------
+        s1_valid = Signal()
+        s1_first, s1_last, s1_inside = Signal(), Signal(), Signal()
+        s1_index = Signal(32)
+        s1_rows = Signal(range(R + 1))
+        advance = Signal()
+        gen_valid = Signal()
+        m.d.comb += gen_valid.eq((state == ST["RUN"]) & ~issued)
+        issue = Signal()
+        m.d.comb += issue.eq(gen_valid & advance)
+
+        with m.If(state == ST["RUN"]):
+            m.d.comb += [act_addr.eq(addr[:len(act_addr)]), act_en.eq(advance)]
+        m.d.comb += [w_rd.addr.eq(wt + kcount), w_rd.en.eq(advance),
+                     b_rd.addr.eq(p.b_base + ct), b_rd.en.eq(advance)]
+
+        with m.If(advance):
+            m.d.sync += [
+                s1_valid.eq(issue),
+                s1_first.eq(kcount == 0),
+                s1_last.eq(last_beat),
+                s1_inside.eq(inside),
+                s1_index.eq(ct_index + pix),
+            ]
+            rows_left = Signal(signed(bits_for(max(s.out_shape[0] for s in steps)) + 2))
+            m.d.comb += rows_left.eq(p.cout - ct * R if R & (R - 1) else
+                                     p.cout - (ct << (R.bit_length() - 1)))
+            m.d.sync += s1_rows.eq(Mux(p.pool | (rows_left >= R), R, rows_left))
+
+        # counters advance with each issued beat
+        with m.If(issue):
+            m.d.sync += kcount.eq(kcount + 1)
+            with m.If(~last_kx):
+                m.d.sync += kx.eq(kx + 1)
+            with m.Else():
+                m.d.sync += kx.eq(0)
+                with m.If(~last_ky):
+                    m.d.sync += [ky.eq(ky + 1), kyw.eq(kyw + p.w)]
+                with m.Else():
+                    m.d.sync += [ky.eq(0), kyw.eq(0)]
+                    with m.If(~last_ci):
+                        m.d.sync += [ci.eq(ci + 1), cioff.eq(cioff + p.hw)]
+                    with m.Else():
+                        # the tile (output pixel) is complete
+                        m.d.sync += [ci.eq(0), cioff.eq(0), kcount.eq(0)]
+                        with m.If(~last_ox):
+                            m.d.sync += [ox.eq(ox + 1), xb.eq(xb + p.stride),
+                                         pix.eq(pix + 1)]
+                        with m.Else():
+                            m.d.sync += [ox.eq(0), xb.eq(-p.left)]
+                            with m.If(~last_oy):
+                                m.d.sync += [oy.eq(oy + 1), yb.eq(yb + p.stride),
+                                             ybw.eq(ybw + Mux(p.stride == 2, p.w << 1, p.w)),
+                                             pix.eq(pix + 1)]
+                            with m.Else():
+                                m.d.sync += [oy.eq(0), yb.eq(-p.top),
+                                             ybw.eq(-(p.top * p.w)), pix.eq(0)]
+                                with m.If(~last_ct):
+                                    m.d.sync += [ct.eq(ct + 1),
+                                                 ct_index.eq(ct_index + p.ct_index_step)]
+                                    with m.If(p.pool):
+                                        m.d.sync += tplane.eq(tplane + p.hw)
+                                    with m.Else():
+                                        m.d.sync += wt.eq(wt + p.k)
+                                with m.Else():
+                                    m.d.sync += issued.eq(1)
+
+        # -- the array and its tile metadata ---------------------------------------------
+        array = m.submodules.array = SystolicArray(
+            rows=R, cols=C, in_width=ww, weight_width=aw, dataflow="os",
+            multiplier=cfg.multiplier, acc_width=accw,
+            max_reduction=max([s.reduction for s in steps if s.kind == "matmul"] or [1]))
+        meta_layout = data.StructLayout({
+            "index": unsigned(32), "rows": unsigned(bits_for(R)),
+            "bias": data.ArrayLayout(signed(accw), R)})
+        meta = m.submodules.meta = SyncFIFOBuffered(
+            width=meta_layout.size, depth=-(-(2 * R + C + 3) // R) + 2)
+        wword = data.View(data.ArrayLayout(signed(ww), R), w_rd.data)
+        bword = data.View(data.ArrayLayout(signed(accw), R), b_rd.data)
+        to_array = Signal()
+        m.d.comb += to_array.eq(s1_valid & ~p.pool)
+        room = Signal()
+        m.d.comb += room.eq(~s1_last | meta.w_rdy)
+        m.d.comb += [
+            array.i.valid.eq(to_array & room),
+            array.i.p.last.eq(s1_last),
+            array.o.ready.eq(1),
+        ]
+        for r in range(R):
+            m.d.comb += array.i.p.a[r].eq(wword[r])
+        for j in range(C):
+            m.d.comb += array.i.p.b[j].eq(Mux(s1_inside, banks[j][0].data, 0))
+        pushed = data.View(meta_layout, meta.w_data)
+        array_take = Signal()
+        m.d.comb += [
+            array_take.eq(array.i.valid & array.i.ready),
+            meta.w_en.eq(array_take & s1_last),
+            pushed.index.eq(s1_index), pushed.rows.eq(s1_rows), pushed.bias.eq(bword),
+        ]
+        with m.If(p.pool):
+            m.d.comb += advance.eq(1)
+        with m.Else():
+            m.d.comb += advance.eq(~s1_valid | array_take)
+
+        # array rows: bias of the row's channel, index = tile index + r * howo
+        head = data.View(meta_layout, meta.r_data)
+        row = Signal(range(R))
+        row_off = Signal(32)
+        m.d.comb += meta.r_en.eq(array.o.valid & (row == R - 1))
+        with m.If(array.o.valid):
+            with m.If(row == R - 1):
+                m.d.sync += [row.eq(0), row_off.eq(0)]
+            with m.Else():
+                m.d.sync += [row.eq(row + 1), row_off.eq(row_off + p.howo)]
+
+        # -- pooling reducer ---------------------------------------------------------------
+        racc = Signal(data.ArrayLayout(signed(accw), C))
+        pool_valid = Signal()
+        pool_acc = Signal(data.ArrayLayout(signed(accw), C))
+        pool_index = Signal(32)
+        m.d.sync += pool_valid.eq(s1_valid & p.pool & s1_last)
+        with m.If(s1_valid & p.pool):
+            for j in range(C):
+                v = banks[j][0].data
+                cur = Signal(signed(accw), name=f"pool_cur_{j}")
+                with m.If(s1_first):
+                    m.d.comb += cur.eq(v)
+                with m.Elif(p.is_max):
+                    m.d.comb += cur.eq(Mux(v > racc[j], v, racc[j]))
+                with m.Else():
+                    m.d.comb += cur.eq(racc[j] + v)
+                m.d.sync += [racc[j].eq(cur), pool_acc[j].eq(cur)]
+            m.d.sync += pool_index.eq(s1_index)
+
+        # -- output path: row register, shared generator, lanes, writer -------------------
+        a_valid = Signal()
+        a_acc = Signal(data.ArrayLayout(signed(accw), C))
+        a_bias = Signal(signed(accw))
+        a_index = Signal(32)
+        a_write = Signal()
+        with m.If(p.pool):
+            m.d.sync += [a_valid.eq(pool_valid), a_acc.eq(pool_acc), a_bias.eq(0),
+                         a_index.eq(pool_index), a_write.eq(1)]
+        with m.Else():
+            m.d.sync += [a_valid.eq(array.o.valid), a_acc.eq(array.o.payload),
+                         a_bias.eq(head.bias[row]),
+                         a_index.eq(head.index + row_off), a_write.eq(row < head.rows)]
+
+        stochastic = cfg.stochastic
+        if stochastic:
+            rounds = m.submodules.rounds = SRRounds(rounds_per_stage=cfg.rounds_per_stage)
+            m.d.comb += [rounds.keys.eq(keys.keys), rounds.index.eq(a_index),
+                         rounds.enable.eq(1)]
+            delay = rounds.latency
+        else:
+            delay = 0
+        d_valid, d_acc, d_bias, d_index, d_write = a_valid, a_acc, a_bias, a_index, a_write
+        for k in range(delay):
+            nv, na, nb, ni, nw = (Signal.like(d_valid, name=f"d{k}_valid"),
+                                  Signal.like(d_acc, name=f"d{k}_acc"),
+                                  Signal.like(d_bias, name=f"d{k}_bias"),
+                                  Signal.like(d_index, name=f"d{k}_index"),
+                                  Signal.like(d_write, name=f"d{k}_write"))
+            m.d.sync += [nv.eq(d_valid), na.eq(d_acc), nb.eq(d_bias), ni.eq(d_index),
+                         nw.eq(d_write)]
+            d_valid, d_acc, d_bias, d_index, d_write = nv, na, nb, ni, nw
+
+        lanes = []
+        for j in range(C):
+            lane = Requantizer(acc_width=accw, out_width=aw, max_shift=accw + 1,
+                               max_left_shift=MAX_LEFT_SHIFT, stochastic=stochastic,
+                               external_h=stochastic)
+            m.submodules[f"lane_{j}"] = lane
+            lanes.append(lane)
+            m.d.comb += [
+                lane.i.valid.eq(d_valid), lane.i.p.acc.eq(d_acc[j]),
+                lane.i.p.bias.eq(d_bias), lane.i.p.index.eq(d_index),
+                lane.config.eq(p.rq), lane.config.mode.eq(mode),
+                lane.o.ready.eq(1),
+            ]
+            if stochastic:
+                m.d.comb += lane.i.p.h.eq(rounds.h)
+        # index and write flag alongside the lanes (which never stall: o.ready is 1)
+        w_index, w_write = d_index, d_write
+        for k in range(LANE_LATENCY):
+            ni, nw = Signal.like(w_index, name=f"l{k}_index"), Signal.like(w_write,
+                                                                           name=f"l{k}_write")
+            m.d.sync += [ni.eq(w_index), nw.eq(w_write)]
+            w_index, w_write = ni, nw
+        w_valid = lanes[0].o.valid
+
+        write_addr = Signal(_u(P.act_words - 1))
+        m.d.comb += write_addr.eq(p.out_base + w_index)
+        sat_count = Signal(range(C + 1))
+        m.d.comb += sat_count.eq(sum(
+            (lanes[j].o.p.saturated & (j < self.images)) for j in range(C)))
+
+        # -- steps: rows written, completion --------------------------------------------
+        rows_done = Signal.like(p.rows)
+        step_done = Signal()
+        m.d.comb += step_done.eq(w_valid & (rows_done == p.rows - 1))
+        with m.If(w_valid):
+            m.d.sync += rows_done.eq(rows_done + 1)
+
+        # -- counters ---------------------------------------------------------------------
+        with m.If(computing):
+            m.d.sync += [self.cycles.eq(self.cycles + 1),
+                         self.layer_cycles[p.layer].eq(self.layer_cycles[p.layer] + 1)]
+        with m.If(array_take):
+            m.d.sync += self.beats.eq(self.beats + 1)
+        with m.If(w_valid & w_write):
+            m.d.sync += self.saturations[p.layer].eq(self.saturations[p.layer] + sat_count)
+
+        # -- load, output, weight rewrite --------------------------------------------------
+        in_count = Signal(_u(P.input_words))
+        out_count = Signal(_u(P.output_words))
+        o_valid = Signal()
+        o_last = Signal()
+        o_advance = Signal()
+        m.d.comb += [
+            self.o.valid.eq(o_valid), self.o.p.last.eq(o_last),
+            o_advance.eq(~o_valid | self.o.ready),
+        ]
+        for j in range(C):
+            m.d.comb += self.o.p.values[j].eq(banks[j][0].data)
+
+        with m.If(state == ST["LOAD"]):
+            m.d.comb += self.i.ready.eq(1)
+            for j in range(C):
+                m.d.comb += [banks[j][1].addr.eq(in_count), banks[j][1].data.eq(self.i.p[j]),
+                             banks[j][1].en.eq(self.i.valid)]
+        with m.Else():
+            for j in range(C):
+                m.d.comb += [banks[j][1].addr.eq(write_addr),
+                             banks[j][1].data.eq(lanes[j].o.p.value),
+                             banks[j][1].en.eq(w_valid & w_write)]
+        m.d.comb += [w_wr.addr.eq(self.w.p.addr), w_wr.data.eq(self.w.p.data),
+                     w_wr.en.eq(self.w.valid & (state == ST["LOAD"])),
+                     self.w.ready.eq(state == ST["LOAD"])]
+
+        def load_step(index):
+            if isinstance(index, int):
+                m.d.sync += p.eq(pl.const(step_const(steps[index])))
+                return
+            with m.Switch(index):
+                for n, s in enumerate(steps):
+                    with m.Case(n):
+                        m.d.sync += p.eq(pl.const(step_const(s)))
+
+        def begin_step():
+            # counters of the address generator, from the step's constants
+            m.d.sync += [kx.eq(0), ky.eq(0), ci.eq(0), ox.eq(0), oy.eq(0), ct.eq(0),
+                         kcount.eq(0), kyw.eq(0), cioff.eq(0), tplane.eq(0), pix.eq(0),
+                         ct_index.eq(0), issued.eq(0), rows_done.eq(0),
+                         xb.eq(-p.left), yb.eq(-p.top), ybw.eq(-(p.top * p.w)),
+                         wt.eq(p.w_base), row.eq(0), row_off.eq(0)]
+
+        with m.Switch(state):
+            with m.Case(ST["LOAD"]):
+                with m.If(self.i.valid):
+                    m.d.sync += in_count.eq(in_count + 1)
+                    with m.If(in_count == P.input_words - 1):
+                        m.d.sync += [in_count.eq(0), state.eq(ST["SETUP"]), step.eq(0),
+                                     self.cycles.eq(0), self.beats.eq(0)]
+                        m.d.sync += [self.layer_cycles[n].eq(0)
+                                     for n in range(len(P.network.layers))]
+                        m.d.sync += [self.saturations[n].eq(0)
+                                     for n in range(len(P.network.layers))]
+                        load_step(0)
+            with m.Case(ST["SETUP"]):
+                # p holds the step's constants; start the key schedule
+                m.d.comb += keys.start.eq(1)
+                m.d.sync += [state.eq(ST["KEYS"]), mode.eq(self.rounding[p.layer])]
+                begin_step()
+            with m.Case(ST["KEYS"]):
+                with m.If(keys.done):
+                    m.d.sync += state.eq(ST["RUN"])
+            with m.Case(ST["RUN"]):
+                with m.If(step_done):
+                    with m.If(step == S - 1):
+                        m.d.sync += [state.eq(ST["OUTPUT"]), out_count.eq(0)]
+                    with m.Else():
+                        m.d.sync += [state.eq(ST["SETUP"]), step.eq(step + 1)]
+                        load_step(step + 1)
+            with m.Case(ST["OUTPUT"]):
+                m.d.comb += [act_addr.eq(P.output_base + out_count), act_en.eq(o_advance)]
+                with m.If(o_advance):
+                    with m.If(out_count == P.output_words):
+                        m.d.sync += [o_valid.eq(0), state.eq(ST["LOAD"])]
+                    with m.Else():
+                        m.d.sync += [o_valid.eq(1), o_last.eq(out_count == P.output_words - 1),
+                                     out_count.eq(out_count + 1)]
+        return m

@@ -1,0 +1,505 @@
+"""The compiler: a :class:`~systolic.golden.ir.QNetwork` onto the accelerator.
+
+From a quantized network and an :class:`ArrayConfig` it produces a :class:`Program`: the
+layer steps the controller runs (tiling of every conv/dense layer onto the array, the
+pooling passes), the memory map (weights, biases, the two activation regions), the memory
+images baked into the bitstream, and the exact cycle model.
+
+The mapping (docs/accelerator.md has the picture):
+
+* **Batch across columns.**  The array's ``C`` columns are ``C`` images run in lock step;
+  column ``j`` reads and writes activation bank ``j``, which holds image ``j``'s tensors.
+  Every bank is read at the same address each cycle, so the array gets ``C`` activations
+  per cycle with no crossbar and no bank conflict, and a dense layer (one output pixel)
+  fills every column just as a convolution does.
+* **Output channels down the rows.**  A tile is ``R`` output channels of one output pixel
+  for the ``C`` images: ``K = C_in * kh * kw`` beats, beat ``k`` carrying the ``R``
+  weights ``W[co, k]`` (one weight-memory word) and the ``C`` activations of patch
+  element ``k`` (``(ci, ky, kx)`` order, zero padding made by the address generator).
+* **Requantization** per output row (one channel of one pixel for ``C`` images): the
+  ``C`` lanes share the bias, the flat output index and so ``H(seed, layer, index)``.
+* **Pooling** runs as its own pass over the activation memory (``k*k`` reads per output),
+  its result through the same requantization lanes (an average's divide is the shift; a
+  maximum passes with shift 0).
+
+Weights and biases are baked in at generation time (and can be rewritten at run time
+through the accelerator's weight stream).
+"""
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from systolic.golden import srgen
+from systolic.golden.accumulator import accumulator_width
+from systolic.golden.errors import ConstraintError, NetworkError
+from systolic.golden.ir import QNetwork
+from systolic.golden.ops import align_bias, clamp_bounds
+
+from ._params import check_int
+from .array import DATAFLOWS, MAX_SIZE
+from .mac import MULTIPLIERS, check_multiplier
+from .requant import MODE, requant_config
+from .srgen import check_rounds_per_stage, pipeline_stages
+
+__all__ = ["ArrayConfig", "Step", "Program", "compile_network", "PRESETS",
+           "LANE_LATENCY"]
+
+#: Requantization lane latency with the generator outside the lane (``external_h``).
+LANE_LATENCY = 4
+#: The lanes' largest left shift (a larger one gives the same results, see requant_shift).
+MAX_LEFT_SHIFT = 16
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """How to build the accelerator for a network.
+
+    Parameters
+    ----------
+    rows : int
+        PE rows ``R`` (output channels per tile), 1..32.
+    cols : int
+        PE columns ``C``, 1..32: the batch, images computed in lock step.
+    dataflow : str
+        ``"os"``; ``"ws"`` is not built into the accelerator yet (the array supports it).
+    multiplier : str
+        ``"inferred"``, ``"lut"`` or ``"sb_mac16"`` (:mod:`systolic.rtl.mac`).
+    stochastic : bool
+        Build the stochastic-rounding generator (else mode ``stochastic`` is rejected).
+    rounds_per_stage : int
+        Generator rounds per pipeline stage.
+    weight_memory_bits, activation_memory_bits : int or None
+        Capacity limits (``None``: no limit); a network that needs more raises
+        :class:`~systolic.golden.errors.ConstraintError`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range.
+    """
+    rows: int = 8
+    cols: int = 8
+    dataflow: str = "os"
+    multiplier: str = "inferred"
+    stochastic: bool = True
+    rounds_per_stage: int = 3
+    weight_memory_bits: int | None = None
+    activation_memory_bits: int | None = None
+
+    def __post_init__(self):
+        check_int("Array rows", self.rows, 1, MAX_SIZE)
+        check_int("Array columns", self.cols, 1, MAX_SIZE)
+        if self.dataflow not in DATAFLOWS:
+            raise ValueError(f"Dataflow must be one of {', '.join(DATAFLOWS)}, not "
+                             f"{self.dataflow!r}")
+        if self.dataflow != "os":
+            raise ValueError("Dataflow 'ws' is not supported by the accelerator yet; "
+                             "use 'os'")
+        if self.multiplier not in MULTIPLIERS:
+            raise ValueError(f"Multiplier must be one of {', '.join(MULTIPLIERS)}, not "
+                             f"{self.multiplier!r}")
+        if not isinstance(self.stochastic, bool):
+            raise TypeError(f"Stochastic must be a bool, not {self.stochastic!r}")
+        check_rounds_per_stage(self.rounds_per_stage)
+        for name in ("weight_memory_bits", "activation_memory_bits"):
+            if getattr(self, name) is not None:
+                check_int(name.replace("_", " ").capitalize(), getattr(self, name))
+
+    @property
+    def batch(self):
+        """Images per run: one per column."""
+        return self.cols
+
+    @classmethod
+    def parse_shape(cls, text, **kwargs):
+        """``"8x8"`` -> ``ArrayConfig(rows=8, cols=8, **kwargs)``."""
+        try:
+            rows, cols = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"Array shape must look like 8x8 (rows x columns), not "
+                             f"{text!r}") from None
+        return cls(rows=rows, cols=cols, **kwargs)
+
+
+#: Named configurations.
+PRESETS = {
+    "8x8": ArrayConfig(),
+    "4x4": ArrayConfig(rows=4, cols=4),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pass of the controller: a conv/dense layer on the array, or a pooling pass.
+
+    Members
+    -------
+    layer : int
+        The network layer (its SR key and counters).
+    kind : str
+        ``"matmul"`` (conv2d and dense) or ``"pool"``.
+    op : str
+        ``"conv2d"``, ``"dense"``, ``"max"`` or ``"avg"``.
+    in_shape, out_shape : tuple
+        ``(C, H, W)`` of the layer's input and output tensors.
+    in_base, out_base : int
+        Word addresses of the two tensors in every activation bank.
+    kh, kw, stride, top, left : int
+        Window geometry (dense: a 1x1 "convolution" of ``C*H*W`` input channels over a
+        1x1 map; pooling: the pooling window, no padding).
+    reduction : int
+        Beats per output: ``K = C_in * kh * kw`` (matmul) or ``kh * kw`` (pool).
+    channel_tiles : int
+        ``ceil(C_out / R)`` (matmul) or 1 (pool).
+    outputs : int
+        Output rows the step writes (``channel_tiles * pixels * R`` rows for a matmul,
+        some beyond ``C_out`` and not written; ``C * Ho * Wo`` for a pool).
+    w_base, b_base : int
+        First weight word and bias word (matmul).
+    requant : dict
+        The lanes' configuration (:func:`~systolic.rtl.requant.requant_config` without
+        ``mode``; the mode is the run-time register).
+    rounding : str
+        The layer's default rounding mode (the register's reset value).
+    cycles : int
+        Predicted cycles (:meth:`Program.step_cycles`).
+    """
+    layer: int
+    kind: str
+    op: str
+    in_shape: tuple
+    out_shape: tuple
+    in_base: int
+    out_base: int
+    kh: int
+    kw: int
+    stride: int
+    top: int
+    left: int
+    reduction: int
+    channel_tiles: int
+    w_base: int
+    b_base: int
+    requant: dict
+    rounding: str
+    macs: int
+    cycles: int = 0
+
+    @property
+    def pixels(self):
+        return self.out_shape[1] * self.out_shape[2]
+
+    @property
+    def tiles(self):
+        return self.channel_tiles * self.pixels if self.kind == "matmul" else \
+            int(np.prod(self.out_shape))
+
+
+@dataclass(frozen=True)
+class Program:
+    """What the compiler produced for one network and configuration.
+
+    Members
+    -------
+    network : QNetwork
+    config : ArrayConfig
+    steps : tuple of Step
+    act_width, weight_width, acc_width : int
+        Widths of stored activations, weights, and the array's accumulators.
+    region_words : int
+        Words of each of the two activation regions (the largest tensor).
+    weight_image : ndarray, shape (weight_words, R)
+        The weight memory, word ``w`` holding ``R`` weights.
+    bias_image : ndarray, shape (bias_words, R)
+        The bias memory (biases aligned to their layer's accumulator scale).
+    """
+    network: QNetwork
+    config: ArrayConfig
+    steps: tuple
+    act_width: int
+    weight_width: int
+    acc_width: int
+    region_words: int
+    weight_image: np.ndarray = field(repr=False)
+    bias_image: np.ndarray = field(repr=False)
+
+    # -- memory map -------------------------------------------------------------------
+
+    @property
+    def act_words(self):
+        """Words of each activation bank (two regions)."""
+        return 2 * self.region_words
+
+    @property
+    def act_bits(self):
+        """Bits of activation memory (all ``C`` banks)."""
+        return self.act_words * self.act_width * self.config.cols
+
+    @property
+    def weight_words(self):
+        return len(self.weight_image)
+
+    @property
+    def weight_bits(self):
+        return self.weight_words * self.config.rows * self.weight_width
+
+    @property
+    def bias_words(self):
+        return len(self.bias_image)
+
+    @property
+    def bias_bits(self):
+        return self.bias_words * self.config.rows * self.acc_width
+
+    @property
+    def input_words(self):
+        return int(np.prod(self.network.input_shape))
+
+    @property
+    def output_words(self):
+        return int(np.prod(self.network.output_shape))
+
+    @property
+    def output_base(self):
+        return self.steps[-1].out_base
+
+    # -- timing -----------------------------------------------------------------------
+
+    @property
+    def sr_latency(self):
+        """Cycles of the shared generator stage in the output path."""
+        return pipeline_stages(self.config.rounds_per_stage) if self.config.stochastic \
+            else 0
+
+    @property
+    def output_latency(self):
+        """Cycles from a row entering the output path to its write (inclusive)."""
+        return 1 + self.sr_latency + LANE_LATENCY
+
+    def step_cycles(self, step):
+        """Exact cycles of one step, from its first cycle (the key schedule's start) to
+        its last write, with no stalls (the accelerator never stalls inside a run)."""
+        R, C = self.config.rows, self.config.cols
+        # one cycle loads the step's constants and starts the key schedule, whose keys
+        # are ready ROUNDS - 1 cycles later; the run starts the cycle after
+        setup = 1 + srgen.ROUNDS
+        if step.kind == "matmul":
+            k = step.reduction
+            issue = (step.tiles - 1) * max(k, R) + k          # beats accepted
+            array = R + C + 3 + R - 1                          # last beat -> last row out
+            return setup + 1 + issue + array + self.output_latency
+        beats = step.tiles * step.reduction
+        return setup + 1 + beats + 1 + self.output_latency
+
+    @property
+    def cycles(self):
+        """Predicted compute cycles of one run (``C`` images): every step, back to back."""
+        return sum(s.cycles for s in self.steps)
+
+    @property
+    def cycles_per_image(self):
+        return self.cycles / self.config.cols
+
+    def utilization(self):
+        """(network MACs / (R*C)) / cycles per image: the fraction of the array's
+        multiply slots doing network work, over the whole run."""
+        R, C = self.config.rows, self.config.cols
+        return self.network.macs / (R * C) / self.cycles_per_image
+
+    def layer_report(self):
+        """Per step: layer, op, MACs per image, cycles, utilization and where the other
+        cycles went (array fill/drain, pipeline and setup, padding of partial tiles,
+        non-matrix work).  A list of dicts."""
+        R, C = self.config.rows, self.config.cols
+        rows = []
+        for s in self.steps:
+            ideal = s.macs * C / (R * C)          # cycles at 100 % for the whole batch
+            entry = {"layer": s.layer, "op": s.op, "macs": s.macs, "cycles": s.cycles,
+                     "utilization": ideal / s.cycles if s.cycles else 0.0}
+            if s.kind == "matmul":
+                k = s.reduction
+                beats = s.tiles * k
+                stall = (s.tiles - 1) * (max(k, R) - k)
+                entry["padding"] = beats - ideal    # rows beyond C_out in the last tile
+                entry["tile_stalls"] = stall
+                entry["fill_drain"] = s.cycles - beats - stall
+            else:
+                entry["non_matrix"] = s.cycles
+            rows.append(entry)
+        return rows
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def compile_network(network, config=None):
+    """Map ``network`` onto the accelerator described by ``config``.
+
+    Parameters
+    ----------
+    network : QNetwork
+    config : ArrayConfig, optional
+        Default ``ArrayConfig()`` (8 x 8, output-stationary).
+
+    Returns
+    -------
+    Program
+
+    Raises
+    ------
+    TypeError
+        ``network`` is not a QNetwork or ``config`` not an ArrayConfig.
+    NetworkError
+        A layer the accelerator does not run (naming the layer and why).
+    ConstraintError
+        The network does not fit: memory (naming the tensor, bits needed and available),
+        a shift beyond the lanes, or a stochastic layer without the generator.
+    """
+    if not isinstance(network, QNetwork):
+        raise TypeError(f"Network must be a QNetwork, not {type(network).__name__}")
+    config = ArrayConfig() if config is None else config
+    if not isinstance(config, ArrayConfig):
+        raise TypeError(f"Configuration must be an ArrayConfig, not {type(config).__name__}")
+    R = config.rows
+
+    shapes, formats = network.tensor_shapes, network.tensor_formats
+    for j, layer in enumerate(network.layers):
+        if layer.kind in ("activation", "add"):
+            raise NetworkError(f"Layer {j} ({layer.kind}): not supported by the accelerator "
+                               f"yet (supported: conv2d, dense, maxpool2d, avgpool2d, with "
+                               f"fused none/relu/clip)")
+        if layer.kind in ("maxpool2d", "avgpool2d") and layer.step != layer.kernel:
+            raise NetworkError(f"Layer {j} ({layer.kind}): the accelerator pools with stride "
+                               f"equal to the kernel, not stride {layer.step} with kernel "
+                               f"{layer.kernel}")
+        if getattr(layer, "rounding", None) == "stochastic" and not config.stochastic:
+            raise ConstraintError(f"Layer {j} ({layer.kind}) rounds stochastically, but the "
+                                  f"configuration has no stochastic-rounding generator")
+
+    act_width = max(f.width for f in formats)
+    mm = [l for l in network.layers if l.kind in ("conv2d", "dense")]
+    weight_width = max((l.weight_format.width for l in mm), default=2)
+    weight_width = max(weight_width, 2)
+    acc_width = 2
+    for j, layer in enumerate(network.layers):
+        if layer.kind in ("conv2d", "dense"):
+            acc_width = max(acc_width, accumulator_width(
+                act_width, weight_width, layer.reduction_length()))
+        elif layer.kind in ("maxpool2d", "avgpool2d"):
+            acc_width = max(acc_width, act_width + 2 * layer.kernel.bit_length())
+    # biases are added in the lanes (acc + bias, one bit wider); they must fit acc_width
+    for j, layer in enumerate(network.layers):
+        if getattr(layer, "bias", None) is not None:
+            f_acc = formats[j].frac + layer.weight_format.frac
+            b = align_bias(layer.bias, layer.bias_format, f_acc)
+            need = int(max(abs(int(b.min())), abs(int(b.max())))).bit_length() + 1
+            acc_width = max(acc_width, need)
+
+    region = max(int(np.prod(s)) for s in shapes)
+    weights, biases, steps = [], [], []
+    w_base = b_base = 0
+    lane_max_shift = acc_width + 1
+    for j, layer in enumerate(network.layers):
+        in_shape, out_shape = shapes[j], shapes[j + 1]
+        in_base, out_base = (j % 2) * region, ((j + 1) % 2) * region
+        fin, fout = formats[j], formats[j + 1]
+        common = dict(layer=j, in_shape=in_shape, out_shape=out_shape, in_base=in_base,
+                      out_base=out_base)
+        if layer.kind in ("conv2d", "dense"):
+            cout = layer.weight.shape[0]
+            if layer.kind == "conv2d":
+                kh, kw = layer.kernel
+                stride = layer.stride
+                top, _, left, _ = layer.padding_for(in_shape)
+                w2 = layer.weight.reshape(cout, -1)
+            else:
+                kh = kw = stride = 1
+                top = left = 0
+                w2 = layer.weight
+            k = w2.shape[1]
+            tiles = _ceil_div(cout, R)
+            wpad = np.zeros((tiles * R, k), dtype=np.int64)
+            wpad[:cout] = w2
+            # word (tile t, beat k) holds W[t*R + r, k] for r = 0..R-1
+            weights.append(wpad.reshape(tiles, R, k).transpose(0, 2, 1).reshape(-1, R))
+            f_acc = fin.frac + layer.weight_format.frac
+            bpad = np.zeros(tiles * R, dtype=np.int64)
+            if layer.bias is not None:
+                bpad[:cout] = align_bias(layer.bias, layer.bias_format, f_acc)
+            biases.append(bpad.reshape(tiles, R))
+            lo, hi = clamp_bounds(layer.activation, layer.clip_max, fout)
+            shift = f_acc - fout.frac
+            if layer.kind == "dense":
+                geometry = dict(kh=1, kw=1, stride=1, top=0, left=0)
+                in_shape_eff = (k, 1, 1)
+            else:
+                geometry = dict(kh=kh, kw=kw, stride=stride, top=top, left=left)
+                in_shape_eff = in_shape
+            step = Step(kind="matmul", op=layer.kind, reduction=k, channel_tiles=tiles,
+                        w_base=w_base, b_base=b_base,
+                        requant=_requant(j, layer, shift, fout, lo, hi, lane_max_shift),
+                        rounding=layer.rounding, macs=layer.macs(in_shape),
+                        **{**common, "in_shape": in_shape_eff}, **geometry)
+            w_base += tiles * k
+            b_base += tiles
+        else:
+            kk = layer.kernel
+            if layer.kind == "avgpool2d":
+                shift = fin.frac + layer.area_log2 - fout.frac
+                rq = _requant(j, layer, shift, fout, None, None, lane_max_shift)
+                op, rounding = "avg", layer.rounding
+            else:
+                rq = _requant(j, layer, 0, fout, None, None, lane_max_shift)
+                op, rounding = "max", "floor"
+            step = Step(kind="pool", op=op, reduction=kk * kk, channel_tiles=1,
+                        w_base=0, b_base=0, requant=rq, rounding=rounding, macs=0,
+                        kh=kk, kw=kk, stride=kk, top=0, left=0, **common)
+        steps.append(step)
+
+    weight_image = (np.concatenate(weights) if weights else np.zeros((1, R), np.int64))
+    bias_image = (np.concatenate(biases) if biases else np.zeros((1, R), np.int64))
+    program = Program(network=network, config=config, steps=tuple(steps),
+                      act_width=act_width, weight_width=weight_width, acc_width=acc_width,
+                      region_words=region, weight_image=weight_image, bias_image=bias_image)
+    program = replace(program, steps=tuple(replace(s, cycles=program.step_cycles(s))
+                                           for s in steps))
+    _check_memory(program, config)
+    return program
+
+
+def _requant(j, layer, shift, fout, lo, hi, max_shift):
+    if shift > max_shift:
+        raise ConstraintError(
+            f"Layer {j} ({layer.kind}): requantization shift {shift} exceeds the lanes' "
+            f"maximum {max_shift} (accumulator width + 1); the output format's frac is "
+            f"too small for this accumulator")
+    if shift < -MAX_LEFT_SHIFT:
+        shift = -MAX_LEFT_SHIFT       # same results (requant_shift): saturates or stays 0
+    cfg = requant_config(shift, "floor", fout, lo=lo, hi=hi)
+    del cfg["mode"]
+    return cfg
+
+
+def _check_memory(program, config):
+    net = program.network
+    if config.activation_memory_bits is not None and \
+            program.act_bits > config.activation_memory_bits:
+        largest = max(range(len(net.tensor_shapes)),
+                      key=lambda t: int(np.prod(net.tensor_shapes[t])))
+        raise ConstraintError(
+            f"Activation memory: tensor {largest} {net.tensor_shapes[largest]} sets the two "
+            f"regions of {program.region_words} words x {program.act_width} bits x "
+            f"{config.cols} images = {program.act_bits} bits needed, "
+            f"{config.activation_memory_bits} available")
+    if config.weight_memory_bits is not None and \
+            program.weight_bits + program.bias_bits > config.weight_memory_bits:
+        heaviest = max((s for s in program.steps if s.kind == "matmul"),
+                       key=lambda s: s.channel_tiles * s.reduction)
+        raise ConstraintError(
+            f"Weight memory: the weights and biases need {program.weight_bits} + "
+            f"{program.bias_bits} bits ({program.weight_words} words of {config.rows} x "
+            f"{program.weight_width} bits; layer {heaviest.layer}'s weight tensor "
+            f"alone {heaviest.channel_tiles * heaviest.reduction * config.rows * program.weight_width} "
+            f"bits), {config.weight_memory_bits} available")
