@@ -74,6 +74,9 @@ class Accelerator(wiring.Component):
         How many lanes hold real images (saturation events count only those).
     busy : Out(1)
         A run is computing.
+    step : Out(range(steps))
+        The step being computed (a step's output tensor is complete in the banks when
+        ``step`` moves on, or ``busy`` falls after the last).
     cycles : Out(32)
         Compute cycles of the last (or current) run.
     layer_cycles : Out(ArrayLayout(unsigned(32), layers))
@@ -107,6 +110,7 @@ class Accelerator(wiring.Component):
             "seed": In(32),
             "images": In(range(C + 1)),
             "busy": Out(1),
+            "step": Out(range(max(len(program.steps), 2))),
             "cycles": Out(COUNTER_WIDTH),
             "layer_cycles": Out(data.ArrayLayout(unsigned(COUNTER_WIDTH), L)),
             "beats": Out(COUNTER_WIDTH),
@@ -173,6 +177,19 @@ class Accelerator(wiring.Component):
             "w_base": _u(P.weight_words), "b_base": _u(P.bias_words),
             "rows": _u(max(s.tiles * R for s in steps)),
             "layer": _u(max(s.layer for s in steps)),
+            # output pixel order and the fused max pool (kp = 1: none, raster order)
+            "kp": _u(max(max(s.fused_pool, 1) for s in steps)),
+            "hp": _u(max(s.stored_shape[1] for s in steps)),
+            "wp": _u(max(s.stored_shape[2] for s in steps)),
+            "hpwp": _u(max(s.stored_shape[1] * s.stored_shape[2] for s in steps)),
+            "wpkp": _u(max(s.out_shape[2] for s in steps)),
+            "band_ystep": _u(max(max(s.fused_pool, 1) * s.stride for s in steps)),
+            "band_ywstep": _u(max(max(s.fused_pool, 1) * s.stride * s.in_shape[2]
+                                  for s in steps)),
+            "band_pixstep": _u(max(max(s.fused_pool, 1) * s.out_shape[2] for s in steps)),
+            "ct_pindex_step": _u(max(R * s.stored_shape[1] * s.stored_shape[2]
+                                     for s in steps)),
+            "ybw0": signed(bits_for(max(s.top * s.in_shape[2] for s in steps)) + 1),
         }
         rq_layout = RequantConfig(aw, accw + 1, MAX_LEFT_SHIFT)
         pl = data.StructLayout({**fields, "rq": rq_layout})
@@ -180,6 +197,8 @@ class Accelerator(wiring.Component):
 
         def step_const(s):
             pool = s.kind == "pool"
+            kp = max(s.fused_pool, 1)
+            _, hp, wp = s.stored_shape
             v = {
                 "pool": int(pool), "is_max": int(s.op == "max"),
                 "kh": s.kh, "kw": s.kw, "stride": s.stride, "top": s.top, "left": s.left,
@@ -194,11 +213,16 @@ class Accelerator(wiring.Component):
                 "w_base": s.w_base, "b_base": s.b_base,
                 "rows": s.tiles if pool else s.tiles * R,
                 "layer": s.layer,
+                "kp": kp, "hp": hp, "wp": wp, "hpwp": hp * wp, "wpkp": wp * kp,
+                "band_ystep": kp * s.stride, "band_ywstep": kp * s.stride * s.in_shape[2],
+                "band_pixstep": kp * s.out_shape[2],
+                "ct_pindex_step": hp * wp if pool else R * hp * wp,
+                "ybw0": -s.top * s.in_shape[2],
                 "rq": {**s.requant, "mode": 0},
             }
             return v
 
-        step = Signal(range(max(S, 2)))
+        step = self.step
 
         # -- control state --------------------------------------------------------------
         state_names = ("LOAD", "SETUP", "KEYS", "RUN", "OUTPUT")
@@ -215,12 +239,22 @@ class Accelerator(wiring.Component):
 
         # -- address generator (stage 0) -------------------------------------------------
         kx, ky, ci = Signal.like(p.kw), Signal.like(p.kh), Signal.like(p.cin)
-        ox, oy, ct = Signal.like(p.wo), Signal.like(p.ho), Signal.like(p.ct_count)
+        ox, ct = Signal.like(p.wo), Signal.like(p.ct_count)
+        # output pixels go band by band (kp rows of the conv output), column by column,
+        # row by row inside a band: a pooling window's kp*kp pixels are consecutive
+        band, dy = Signal.like(p.ho), Signal.like(p.kp)
+        dx, px = Signal.like(p.kp), Signal.like(p.wo)
+        ho_left = Signal.like(p.ho)                      # ho - band * kp
+        band_pix = Signal.like(p.howo)                   # band * kp * wo
+        pidx_band = Signal.like(p.hpwp)                  # band * wp
+        ct_pindex = Signal(unsigned(32))                 # pooled index of the tile's row 0
         kcount = Signal.like(p.k)
         aw_bits = len(act_addr) + 2
         xb = Signal(signed(bits_for(2 * H_max) + 2))     # ox * stride - left
         yb = Signal(signed(bits_for(2 * H_max) + 2))     # oy * stride - top
         ybw = Signal(signed(aw_bits + 4))                # yb * w
+        band_yb = Signal.like(yb)                        # band * kp * stride - top
+        band_ybw = Signal.like(ybw)                      # band_yb * w
         kyw = Signal(unsigned(aw_bits))                  # ky * w
         cioff = Signal(unsigned(aw_bits))                # ci * hw
         tplane = Signal(unsigned(aw_bits))               # pool: ct * hw
@@ -243,14 +277,19 @@ class Accelerator(wiring.Component):
         last_ci = ci == p.cin - 1
         last_beat = Signal()
         m.d.comb += last_beat.eq(last_kx & last_ky & last_ci)
+        kp_eff = Signal.like(p.kp)                       # rows in this band
+        m.d.comb += kp_eff.eq(Mux(ho_left < p.kp, ho_left, p.kp))
+        last_dy = dy == kp_eff - 1
         last_ox = ox == p.wo - 1
-        last_oy = oy == p.ho - 1
+        last_band = ho_left <= p.kp
         last_ct = ct == p.ct_count - 1
 
         # -- stage 1: memory outputs and the beat's control --------------------------------
         s1_valid = Signal()
         s1_first, s1_last, s1_inside = Signal(), Signal(), Signal()
         s1_index = Signal(32)
+        s1_pindex = Signal(32)
+        s1_pfirst, s1_plast, s1_inwin = Signal(), Signal(), Signal()
         s1_rows = Signal(range(R + 1))
         advance = Signal()
         gen_valid = Signal()
@@ -270,6 +309,10 @@ class Accelerator(wiring.Component):
                 s1_last.eq(last_beat),
                 s1_inside.eq(inside),
                 s1_index.eq(ct_index + pix),
+                s1_pindex.eq(ct_pindex + pidx_band + px),
+                s1_pfirst.eq((dy == 0) & (dx == 0)),
+                s1_plast.eq((dy == p.kp - 1) & (dx == p.kp - 1)),
+                s1_inwin.eq((band < p.hp) & (ox < p.wpkp)),
             ]
             rows_left = Signal(signed(bits_for(max(s.out_shape[0] for s in steps)) + 2))
             m.d.comb += rows_left.eq(p.cout - ct * R if R & (R - 1) else
@@ -292,21 +335,41 @@ class Accelerator(wiring.Component):
                     with m.Else():
                         # the tile (output pixel) is complete
                         m.d.sync += [ci.eq(0), cioff.eq(0), kcount.eq(0)]
-                        with m.If(~last_ox):
-                            m.d.sync += [ox.eq(ox + 1), xb.eq(xb + p.stride),
-                                         pix.eq(pix + 1)]
-                        with m.Else():
-                            m.d.sync += [ox.eq(0), xb.eq(-p.left)]
-                            with m.If(~last_oy):
-                                m.d.sync += [oy.eq(oy + 1), yb.eq(yb + p.stride),
-                                             ybw.eq(ybw + Mux(p.stride == 2, p.w << 1, p.w)),
-                                             pix.eq(pix + 1)]
+                        step_w = Mux(p.stride == 2, p.w << 1, p.w)
+                        with m.If(~last_dy):
+                            m.d.sync += [dy.eq(dy + 1), yb.eq(yb + p.stride),
+                                         ybw.eq(ybw + step_w), pix.eq(pix + p.wo)]
+                        with m.Elif(~last_ox):
+                            m.d.sync += [dy.eq(0), ox.eq(ox + 1), xb.eq(xb + p.stride),
+                                         yb.eq(band_yb), ybw.eq(band_ybw),
+                                         pix.eq(band_pix + ox + 1)]
+                            with m.If(dx == p.kp - 1):
+                                m.d.sync += [dx.eq(0), px.eq(px + 1)]
                             with m.Else():
-                                m.d.sync += [oy.eq(0), yb.eq(-p.top),
-                                             ybw.eq(-(p.top * p.w)), pix.eq(0)]
+                                m.d.sync += dx.eq(dx + 1)
+                        with m.Else():
+                            m.d.sync += [dy.eq(0), ox.eq(0), xb.eq(-p.left), dx.eq(0),
+                                         px.eq(0)]
+                            with m.If(~last_band):
+                                m.d.sync += [
+                                    band.eq(band + 1), ho_left.eq(ho_left - p.kp),
+                                    band_yb.eq(band_yb + p.band_ystep),
+                                    band_ybw.eq(band_ybw + p.band_ywstep),
+                                    band_pix.eq(band_pix + p.band_pixstep),
+                                    pidx_band.eq(pidx_band + p.wp),
+                                    yb.eq(band_yb + p.band_ystep),
+                                    ybw.eq(band_ybw + p.band_ywstep),
+                                    pix.eq(band_pix + p.band_pixstep),
+                                ]
+                            with m.Else():
+                                m.d.sync += [band.eq(0), ho_left.eq(p.ho),
+                                             band_yb.eq(-p.top), band_ybw.eq(p.ybw0),
+                                             band_pix.eq(0), pidx_band.eq(0),
+                                             yb.eq(-p.top), ybw.eq(p.ybw0), pix.eq(0)]
                                 with m.If(~last_ct):
                                     m.d.sync += [ct.eq(ct + 1),
-                                                 ct_index.eq(ct_index + p.ct_index_step)]
+                                                 ct_index.eq(ct_index + p.ct_index_step),
+                                                 ct_pindex.eq(ct_pindex + p.ct_pindex_step)]
                                     with m.If(p.pool):
                                         m.d.sync += tplane.eq(tplane + p.hw)
                                     with m.Else():
@@ -321,6 +384,7 @@ class Accelerator(wiring.Component):
             max_reduction=max([s.reduction for s in steps if s.kind == "matmul"] or [1]))
         meta_layout = data.StructLayout({
             "index": unsigned(32), "rows": unsigned(bits_for(R)),
+            "pindex": unsigned(32), "pfirst": 1, "plast": 1, "inwin": 1,
             "bias": data.ArrayLayout(signed(accw), R)})
         meta = m.submodules.meta = SyncFIFOBuffered(
             width=meta_layout.size, depth=-(-(2 * R + C + 3) // R) + 2)
@@ -345,6 +409,8 @@ class Accelerator(wiring.Component):
             array_take.eq(array.i.valid & array.i.ready),
             meta.w_en.eq(array_take & s1_last),
             pushed.index.eq(s1_index), pushed.rows.eq(s1_rows), pushed.bias.eq(bword),
+            pushed.pindex.eq(s1_pindex), pushed.pfirst.eq(s1_pfirst),
+            pushed.plast.eq(s1_plast), pushed.inwin.eq(s1_inwin),
         ]
         with m.If(p.pool):
             m.d.comb += advance.eq(1)
@@ -355,12 +421,14 @@ class Accelerator(wiring.Component):
         head = data.View(meta_layout, meta.r_data)
         row = Signal(range(R))
         row_off = Signal(32)
+        prow_off = Signal(32)
         m.d.comb += meta.r_en.eq(array.o.valid & (row == R - 1))
         with m.If(array.o.valid):
             with m.If(row == R - 1):
-                m.d.sync += [row.eq(0), row_off.eq(0)]
+                m.d.sync += [row.eq(0), row_off.eq(0), prow_off.eq(0)]
             with m.Else():
-                m.d.sync += [row.eq(row + 1), row_off.eq(row_off + p.howo)]
+                m.d.sync += [row.eq(row + 1), row_off.eq(row_off + p.howo),
+                             prow_off.eq(prow_off + p.hpwp)]
 
         # -- pooling reducer ---------------------------------------------------------------
         racc = Signal(data.ArrayLayout(signed(accw), C))
@@ -382,18 +450,27 @@ class Accelerator(wiring.Component):
             m.d.sync += pool_index.eq(s1_index)
 
         # -- output path: row register, shared generator, lanes, writer -------------------
+        # what travels with a row to the writer: whether it is a real channel
+        # (``write``), its pooled index and window flags, its row (for the running max)
+        tag_layout = data.StructLayout({"write": 1, "pindex": unsigned(32), "pfirst": 1,
+                                        "plast": 1, "inwin": 1, "row": range(R)})
         a_valid = Signal()
         a_acc = Signal(data.ArrayLayout(signed(accw), C))
         a_bias = Signal(signed(accw))
         a_index = Signal(32)
-        a_write = Signal()
+        a_tag = Signal(tag_layout)
         with m.If(p.pool):
             m.d.sync += [a_valid.eq(pool_valid), a_acc.eq(pool_acc), a_bias.eq(0),
-                         a_index.eq(pool_index), a_write.eq(1)]
+                         a_index.eq(pool_index), a_tag.write.eq(1),
+                         a_tag.pindex.eq(pool_index), a_tag.pfirst.eq(1),
+                         a_tag.plast.eq(1), a_tag.inwin.eq(1), a_tag.row.eq(0)]
         with m.Else():
             m.d.sync += [a_valid.eq(array.o.valid), a_acc.eq(array.o.payload),
-                         a_bias.eq(head.bias[row]),
-                         a_index.eq(head.index + row_off), a_write.eq(row < head.rows)]
+                         a_bias.eq(head.bias[row]), a_index.eq(head.index + row_off),
+                         a_tag.write.eq(row < head.rows),
+                         a_tag.pindex.eq(head.pindex + prow_off),
+                         a_tag.pfirst.eq(head.pfirst), a_tag.plast.eq(head.plast),
+                         a_tag.inwin.eq(head.inwin), a_tag.row.eq(row)]
 
         stochastic = cfg.stochastic
         if stochastic:
@@ -403,16 +480,16 @@ class Accelerator(wiring.Component):
             delay = rounds.latency
         else:
             delay = 0
-        d_valid, d_acc, d_bias, d_index, d_write = a_valid, a_acc, a_bias, a_index, a_write
+        d_valid, d_acc, d_bias, d_index, d_tag = a_valid, a_acc, a_bias, a_index, a_tag
         for k in range(delay):
-            nv, na, nb, ni, nw = (Signal.like(d_valid, name=f"d{k}_valid"),
+            nv, na, nb, ni, nt = (Signal.like(d_valid, name=f"d{k}_valid"),
                                   Signal.like(d_acc, name=f"d{k}_acc"),
                                   Signal.like(d_bias, name=f"d{k}_bias"),
                                   Signal.like(d_index, name=f"d{k}_index"),
-                                  Signal.like(d_write, name=f"d{k}_write"))
+                                  Signal.like(d_tag, name=f"d{k}_tag"))
             m.d.sync += [nv.eq(d_valid), na.eq(d_acc), nb.eq(d_bias), ni.eq(d_index),
-                         nw.eq(d_write)]
-            d_valid, d_acc, d_bias, d_index, d_write = nv, na, nb, ni, nw
+                         nt.eq(d_tag)]
+            d_valid, d_acc, d_bias, d_index, d_tag = nv, na, nb, ni, nt
 
         lanes = []
         for j in range(C):
@@ -429,17 +506,34 @@ class Accelerator(wiring.Component):
             ]
             if stochastic:
                 m.d.comb += lane.i.p.h.eq(rounds.h)
-        # index and write flag alongside the lanes (which never stall: o.ready is 1)
-        w_index, w_write = d_index, d_write
+        # the tag alongside the lanes (which never stall: o.ready is 1)
+        w_tag = d_tag
         for k in range(LANE_LATENCY):
-            ni, nw = Signal.like(w_index, name=f"l{k}_index"), Signal.like(w_write,
-                                                                           name=f"l{k}_write")
-            m.d.sync += [ni.eq(w_index), nw.eq(w_write)]
-            w_index, w_write = ni, nw
+            nt = Signal.like(w_tag, name=f"l{k}_tag")
+            m.d.sync += nt.eq(w_tag)
+            w_tag = nt
         w_valid = lanes[0].o.valid
+        w_write = w_tag.write
 
+        # writer: the running maximum of each row's pooling window (one value per row and
+        # lane; a step without a fused pool has every window of one pixel)
+        pmax = [[Signal(signed(aw), name=f"pmax_{r}_{j}") for j in range(C)] for r in range(R)]
+        wvalue = []
+        for j in range(C):
+            v = lanes[j].o.p.value
+            old = Array(pmax[r][j] for r in range(R))[w_tag.row]
+            mx = Signal(signed(aw), name=f"wmax_{j}")
+            m.d.comb += mx.eq(Mux(w_tag.pfirst | (v > old), v, old))
+            wvalue.append(mx)
+            with m.If(w_valid & w_write):
+                with m.Switch(w_tag.row):
+                    for r in range(R):
+                        with m.Case(r):
+                            m.d.sync += pmax[r][j].eq(mx)
+        write_en = Signal()
+        m.d.comb += write_en.eq(w_valid & w_write & w_tag.inwin & w_tag.plast)
         write_addr = Signal(_u(P.act_words - 1))
-        m.d.comb += write_addr.eq(p.out_base + w_index)
+        m.d.comb += write_addr.eq(p.out_base + w_tag.pindex)
         sat_count = Signal(range(C + 1))
         m.d.comb += sat_count.eq(sum(
             (lanes[j].o.p.saturated & (j < self.images)) for j in range(C)))
@@ -481,8 +575,8 @@ class Accelerator(wiring.Component):
         with m.Else():
             for j in range(C):
                 m.d.comb += [banks[j][1].addr.eq(write_addr),
-                             banks[j][1].data.eq(lanes[j].o.p.value),
-                             banks[j][1].en.eq(w_valid & w_write)]
+                             banks[j][1].data.eq(wvalue[j]),
+                             banks[j][1].en.eq(write_en)]
         m.d.comb += [w_wr.addr.eq(self.w.p.addr), w_wr.data.eq(self.w.p.data),
                      w_wr.en.eq(self.w.valid & (state == ST["LOAD"])),
                      self.w.ready.eq(state == ST["LOAD"])]
@@ -498,11 +592,14 @@ class Accelerator(wiring.Component):
 
         def begin_step():
             # counters of the address generator, from the step's constants
-            m.d.sync += [kx.eq(0), ky.eq(0), ci.eq(0), ox.eq(0), oy.eq(0), ct.eq(0),
+            m.d.sync += [kx.eq(0), ky.eq(0), ci.eq(0), ox.eq(0), ct.eq(0),
                          kcount.eq(0), kyw.eq(0), cioff.eq(0), tplane.eq(0), pix.eq(0),
                          ct_index.eq(0), issued.eq(0), rows_done.eq(0),
-                         xb.eq(-p.left), yb.eq(-p.top), ybw.eq(-(p.top * p.w)),
-                         wt.eq(p.w_base), row.eq(0), row_off.eq(0)]
+                         xb.eq(-p.left), yb.eq(-p.top), ybw.eq(p.ybw0),
+                         band.eq(0), dy.eq(0), dx.eq(0), px.eq(0), ho_left.eq(p.ho),
+                         band_pix.eq(0), pidx_band.eq(0), ct_pindex.eq(0),
+                         band_yb.eq(-p.top), band_ybw.eq(p.ybw0),
+                         wt.eq(p.w_base), row.eq(0), row_off.eq(0), prow_off.eq(0)]
 
         with m.Switch(state):
             with m.Case(ST["LOAD"]):

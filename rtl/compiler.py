@@ -72,6 +72,9 @@ class ArrayConfig:
     weight_memory_bits, activation_memory_bits : int or None
         Capacity limits (``None``: no limit); a network that needs more raises
         :class:`~systolic.golden.errors.ConstraintError`.
+    fuse_pool : bool
+        Fuse a max pool (stride = kernel) that follows a convolution into the
+        convolution's output (no separate pass, no stored conv output).
 
     Raises
     ------
@@ -86,6 +89,7 @@ class ArrayConfig:
     rounds_per_stage: int = 3
     weight_memory_bits: int | None = None
     activation_memory_bits: int | None = None
+    fuse_pool: bool = True
 
     def __post_init__(self):
         check_int("Array rows", self.rows, 1, MAX_SIZE)
@@ -101,6 +105,8 @@ class ArrayConfig:
                              f"{self.multiplier!r}")
         if not isinstance(self.stochastic, bool):
             raise TypeError(f"Stochastic must be a bool, not {self.stochastic!r}")
+        if not isinstance(self.fuse_pool, bool):
+            raise TypeError(f"Fuse pool must be a bool, not {self.fuse_pool!r}")
         check_rounds_per_stage(self.rounds_per_stage)
         for name in ("weight_memory_bits", "activation_memory_bits"):
             if getattr(self, name) is not None:
@@ -162,6 +168,16 @@ class Step:
         ``mode``; the mode is the run-time register).
     rounding : str
         The layer's default rounding mode (the register's reset value).
+    macs : int
+        Multiply-accumulates per image.
+    tensor : int
+        The network tensor the step writes (``layer + 1``, or ``layer + 2`` with a fused
+        pool).
+    fused_pool : int
+        Kernel ``k`` of a max pool (stride ``k``) fused into this conv step's output
+        (0: none): the step computes every conv output, ``k*k`` consecutive pixels per
+        pooling window, and writes only each window's maximum (the conv's own output
+        tensor is never stored).
     cycles : int
         Predicted cycles (:meth:`Program.step_cycles`).
     """
@@ -184,11 +200,21 @@ class Step:
     requant: dict
     rounding: str
     macs: int
+    tensor: int = 0
+    fused_pool: int = 0
     cycles: int = 0
 
     @property
     def pixels(self):
         return self.out_shape[1] * self.out_shape[2]
+
+    @property
+    def stored_shape(self):
+        """Shape of the tensor the step writes (the pooled one with a fused pool)."""
+        k = self.fused_pool
+        if not k:
+            return self.out_shape
+        return (self.out_shape[0], self.out_shape[1] // k, self.out_shape[2] // k)
 
     @property
     def tiles(self):
@@ -397,16 +423,30 @@ def compile_network(network, config=None):
             need = int(max(abs(int(b.min())), abs(int(b.max())))).bit_length() + 1
             acc_width = max(acc_width, need)
 
-    region = max(int(np.prod(s)) for s in shapes)
+    layers = network.layers
+    fused = set()           # conv layers whose following max pool is fused
+    if config.fuse_pool:
+        for j in range(len(layers) - 1):
+            nxt = layers[j + 1]
+            if layers[j].kind == "conv2d" and nxt.kind == "maxpool2d" and \
+                    nxt.step == nxt.kernel:
+                fused.add(j)
+    stored = [0] + [j + 1 for j in range(len(layers)) if j not in fused]
+    region = max(int(np.prod(shapes[t])) for t in stored)
     weights, biases, steps = [], [], []
     w_base = b_base = 0
     lane_max_shift = acc_width + 1
-    for j, layer in enumerate(network.layers):
+    n = 0                   # step number: step n reads region n % 2, writes the other
+    for j, layer in enumerate(layers):
+        if j - 1 in fused:
+            continue        # this max pool is part of the previous step
         in_shape, out_shape = shapes[j], shapes[j + 1]
-        in_base, out_base = (j % 2) * region, ((j + 1) % 2) * region
+        in_base, out_base = (n % 2) * region, ((n + 1) % 2) * region
+        n += 1
         fin, fout = formats[j], formats[j + 1]
+        kp = layers[j + 1].kernel if j in fused else 0
         common = dict(layer=j, in_shape=in_shape, out_shape=out_shape, in_base=in_base,
-                      out_base=out_base)
+                      out_base=out_base, tensor=j + 2 if kp else j + 1, fused_pool=kp)
         if layer.kind in ("conv2d", "dense"):
             cout = layer.weight.shape[0]
             if layer.kind == "conv2d":

@@ -15,8 +15,11 @@ from systolic.rtl.compiler import ArrayConfig, compile_network
 from systolic.rtl.requant import MODE
 
 
-def simulate(program, images, *, rounding=None, seed=None, out_ready=None, in_valid=None):
-    """Run one batch in the Amaranth simulator; returns (outputs (N, *out_shape), counters)."""
+def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=None):
+    """Run one batch in the Amaranth simulator; returns (outputs (N, *out_shape), counters).
+
+    ``gaps``/``stalls``: a numpy Generator to insert idle input cycles and output
+    back-pressure (each with probability 0.5)."""
     net = program.network
     C = program.config.cols
     n = len(images)
@@ -34,23 +37,30 @@ def simulate(program, images, *, rounding=None, seed=None, out_ready=None, in_va
         ctx.set(dut.seed, seed)
         ctx.set(dut.images, n)
         for e in range(program.input_words):
+            while gaps is not None and gaps.random() < 0.5:
+                ctx.set(dut.i.valid, 0)
+                result["gaps"] = result.get("gaps", 0) + 1
+                await ctx.tick()
             ctx.set(dut.i.valid, 1)
             for j in range(C):
                 ctx.set(dut.i.payload[j], int(batch[j, e]))
             await ctx.tick().until(dut.i.ready)
         ctx.set(dut.i.valid, 0)
         e = 0
-        ctx.set(dut.o.ready, 1)
-        while not ctx.get(dut.o.valid):
-            await ctx.tick()
         while e < program.output_words:
-            values = ctx.get(dut.o.payload.values)
-            for j in range(C):
-                out[j, e] = values[j]
-            last = ctx.get(dut.o.payload.last)
+            ready = stalls is None or stalls.random() < 0.5
+            ctx.set(dut.o.ready, ready)
+            valid = ctx.get(dut.o.valid)
+            if valid and ready:
+                values = ctx.get(dut.o.payload.values)
+                for j in range(C):
+                    out[j, e] = values[j]
+                last = ctx.get(dut.o.payload.last)
+                e += 1
+                assert bool(last) == (e == program.output_words)
+            elif valid:
+                result["stalls"] = result.get("stalls", 0) + 1
             await ctx.tick()
-            e += 1
-            assert bool(last) == (e == program.output_words)
         result["cycles"] = ctx.get(dut.cycles)
         result["layer_cycles"] = [ctx.get(dut.layer_cycles[j]) for j in range(len(net.layers))]
         result["saturations"] = [ctx.get(dut.saturations[j]) for j in range(len(net.layers))]
@@ -59,25 +69,82 @@ def simulate(program, images, *, rounding=None, seed=None, out_ready=None, in_va
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     sim.add_testbench(testbench)
-    sim.run_until(1e-6 * (program.cycles + program.input_words + program.output_words + 200))
+    slack = 4 if gaps is not None or stalls is not None else 1
+    sim.run_until(1e-6 * (program.cycles + slack * (program.input_words +
+                                                    program.output_words) + 200))
     assert result, "the accelerator did not finish"
     return out[:n].reshape(n, *net.output_shape), result
 
 
-CASES = [(seed, rows, cols) for seed, (rows, cols) in enumerate(
-    [(1, 1), (2, 3), (3, 2), (4, 4), (2, 2), (3, 1)])]
-
-
-@pytest.mark.parametrize("seed,rows,cols", CASES, ids=[f"seed={s}-{r}x{c}" for s, r, c in CASES])
-def test_random_network_bit_exact(seed, rows, cols):
-    rng = np.random.default_rng(seed)
-    net = random_network(rng, max_layers=2, max_size=6, max_channels=4)
-    program = compile_network(net, ArrayConfig(rows=rows, cols=cols))
-    x = random_input(rng, net, cols)
-    got, counters = simulate(program, x)
-    want = run(net, x)
-    np.testing.assert_array_equal(got, want.logits.reshape(got.shape),
-                                  err_msg=f"seed {seed}")
+def check(program, x, *, rounding=None, **kwargs):
+    net = program.network
+    got, counters = simulate(program, x, rounding=rounding, **kwargs)
+    want = run(net, x, rounding=rounding)
+    np.testing.assert_array_equal(got, want.logits.reshape(got.shape))
     assert counters["cycles"] == program.cycles, (counters, program.cycles)
-    assert counters["layer_cycles"] == [s.cycles for s in program.steps]
+    by_layer = [0] * len(net.layers)
+    for s in program.steps:
+        by_layer[s.layer] = s.cycles
+    assert counters["layer_cycles"] == by_layer
     assert counters["saturations"] == list(want.saturations)
+    assert counters["beats"] == sum(s.tiles * s.reduction for s in program.steps
+                                    if s.kind == "matmul")
+    return counters, want
+
+
+#: (seed, rows, cols): shapes 1x1, 2x3, 4x4 and non-square ones
+CASES = [(seed, rows, cols) for seed, (rows, cols) in enumerate(
+    [(1, 1), (2, 3), (3, 2), (4, 4), (2, 2), (3, 1), (1, 4), (4, 2)])]
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("seed,rows,cols", CASES, ids=[f"seed={s}-{r}x{c}" for s, r, c in CASES])
+def test_random_network_bit_exact(seed, rows, cols, fuse):
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
+    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=fuse))
+    check(program, random_input(rng, net, cols))
+
+
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+def test_rounding_register_overrides_every_layer(mode):
+    rng = np.random.default_rng(11)
+    net = random_network(rng, max_layers=2, max_size=6, max_channels=3)
+    program = compile_network(net, ArrayConfig(rows=2, cols=2))
+    check(program, random_input(rng, net, 2), rounding=mode)
+
+
+def test_fused_pool_with_dropped_rows_and_columns():
+    """A 5x7 conv output pooled 2x2: the last row and column are computed (their
+    saturations count) but belong to no window."""
+    rng = np.random.default_rng(5)
+    from systolic.golden.ir import Conv2d, Dense, MaxPool2d, QNetwork
+    from systolic.golden.qformat import QFormat
+    f = QFormat(6, 2)
+    net = QNetwork((2, 7, 9), f, [
+        Conv2d(weight=rng.integers(-32, 32, (3, 2, 3, 3)), weight_format=f, out_format=f,
+               activation="relu", rounding="nearest_even"),
+        MaxPool2d(kernel=2),
+        Dense(weight=rng.integers(-32, 32, (4, 3 * 2 * 3)), weight_format=f, out_format=f,
+              rounding="stochastic")], seed=99)
+    program = compile_network(net, ArrayConfig(rows=2, cols=3))
+    assert program.steps[0].fused_pool == 2 and len(program.steps) == 2
+    counters, want = check(program, random_input(rng, net, 3))
+    assert want.saturations[0] > 0, "the conv should saturate somewhere"
+
+
+@pytest.mark.parametrize("seed", [3, 4], ids=lambda s: f"seed={s}")
+def test_input_gaps_and_output_backpressure(seed):
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=2, max_size=6, max_channels=3)
+    program = compile_network(net, ArrayConfig(rows=3, cols=2))
+    counters, _ = check(program, random_input(rng, net, 2), gaps=np.random.default_rng(seed),
+                        stalls=np.random.default_rng(seed + 1))
+    assert counters.get("gaps", 0) > 0 and counters.get("stalls", 0) > 0, counters
+
+
+def test_partial_batch_counts_only_real_images():
+    rng = np.random.default_rng(8)
+    net = random_network(rng, max_layers=2, max_size=6, max_channels=3)
+    program = compile_network(net, ArrayConfig(rows=2, cols=3))
+    check(program, random_input(rng, net, 1))
