@@ -132,6 +132,9 @@ def test_lane_without_generator_is_smaller_and_exact():
     (dict(acc_width=16, max_left_shift=-1), TypeError, "Maximum left shift must be a "
                                                        "non-negative integer"),
     (dict(acc_width=16, stochastic=1), TypeError, "Stochastic must be a bool, not 1"),
+    (dict(acc_width=16, external_h=1), TypeError, "External H must be a bool, not 1"),
+    (dict(acc_width=16, stochastic=False, external_h=True), ValueError,
+     "External H needs a stochastic lane"),
 ])
 def test_parameter_rules(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -141,12 +144,13 @@ def test_parameter_rules(kwargs, error, match):
 @settings(max_examples=200, deadline=None)
 @given(acc_width=st.integers(-2, 40), out_width=st.integers(-1, 20),
        max_shift=st.one_of(st.none(), st.integers(-1, 45)), max_left_shift=st.integers(-1, 20),
-       stochastic=st.booleans(), rounds=st.integers(0, 10))
-def test_constructor_fuzz(acc_width, out_width, max_shift, max_left_shift, stochastic, rounds):
+       stochastic=st.booleans(), rounds=st.integers(0, 10), external_h=st.booleans())
+def test_constructor_fuzz(acc_width, out_width, max_shift, max_left_shift, stochastic, rounds,
+                          external_h):
     try:
         dut = Requantizer(acc_width=acc_width, out_width=out_width, max_shift=max_shift,
                           max_left_shift=max_left_shift, stochastic=stochastic,
-                          rounds_per_stage=rounds)
+                          rounds_per_stage=rounds, external_h=external_h)
     except (TypeError, ValueError):
         return
     Fragment.get(dut, None)
