@@ -25,20 +25,23 @@ output is always ready and the cycle count of a step is exact
 (:meth:`~.compiler.Program.step_cycles`).
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from dataclasses import replace
+
+from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from systolic.golden import srgen
+from systolic.golden.errors import ConstraintError
 
 from .array import SystolicArray
 from .compiler import LANE_LATENCY, MAX_LEFT_SHIFT, Program
 from .requant import MODE, RequantConfig, Requantizer
 from .srgen import SRKeySchedule, SRRounds
 
-__all__ = ["Accelerator", "COUNTER_WIDTH"]
+__all__ = ["Accelerator", "COUNTER_WIDTH", "weight_stream_layout", "weight_beats"]
 
 #: Width of the performance counters.
 COUNTER_WIDTH = 32
@@ -46,6 +49,50 @@ COUNTER_WIDTH = 32
 
 def _u(n):
     return unsigned(max(1, bits_for(n)))
+
+
+def _pack(image, width):
+    """Memory words from an ``(words, R)`` integer image: value ``r`` in bits
+    ``r*width..``, two's complement."""
+    mask = (1 << width) - 1
+    return [sum((int(v) & mask) << (r * width) for r, v in enumerate(word)) for word in image]
+
+
+def weight_stream_layout(program):
+    """Payload of the accelerator's weight-rewrite stream ``w``."""
+    R = program.config.rows
+    return data.StructLayout({
+        "bias": 1,
+        "addr": _u(max(program.weight_words, program.bias_words) - 1),
+        "data": unsigned(R * max(program.weight_width, program.acc_width)),
+    })
+
+
+def weight_beats(program, network):
+    """The ``w`` stream beats that load ``network``'s weights and biases into an
+    accelerator built for ``program``: a list of ``{"bias", "addr", "data"}`` dicts.
+
+    Raises
+    ------
+    ConstraintError
+        ``network`` differs from the program's in more than weight and bias values
+        (topology, formats, fused activations or rounding are baked into the hardware).
+    """
+    from .compiler import compile_network
+    other = compile_network(network, program.config)
+    mine = [replace(s, rounding=None) for s in program.steps]
+    theirs = [replace(s, rounding=None) for s in other.steps]
+    if mine != theirs or (other.act_width, other.weight_width, other.acc_width) != (
+            program.act_width, program.weight_width, program.acc_width):
+        raise ConstraintError(
+            f"Network {network.name or '(unnamed)'} does not have the topology and formats "
+            f"this accelerator was built for ({program.network.name or '(unnamed)'}); only "
+            f"weight and bias values can be loaded at run time")
+    beats = [{"bias": 0, "addr": a, "data": d}
+             for a, d in enumerate(_pack(other.weight_image, program.weight_width))]
+    beats += [{"bias": 1, "addr": a, "data": d}
+              for a, d in enumerate(_pack(other.bias_image, program.acc_width))]
+    return beats
 
 
 class Accelerator(wiring.Component):
@@ -63,9 +110,11 @@ class Accelerator(wiring.Component):
         A run starts when the last element has been taken.
     o : Out(stream.Signature(StructLayout{values: ArrayLayout(signed(act_width), C), last}))
         Output tensor element ``e`` of the ``C`` images, beat ``e``; ``last`` on the final one.
-    w : In(stream.Signature(StructLayout{addr, data}))
-        Rewrites weight word ``addr`` (``R`` weights, packed, weight ``r`` in bits
-        ``r*ww..``) between runs (taken only while the accelerator waits for input).
+    w : In(stream.Signature(weight_stream_layout(program)))
+        Rewrites weight word ``addr`` (``bias`` clear: ``R`` weights, weight ``r`` in bits
+        ``r*ww..``) or bias word ``addr`` (``bias`` set: ``R`` aligned biases of
+        ``acc_width`` bits) between runs; taken only while the accelerator waits for
+        input.  :func:`weight_beats` makes the beats for a network of the same topology.
     rounding : In(ArrayLayout(unsigned(2), layers))
         Each layer's rounding mode (:data:`~.requant.MODE`); read at the layer's setup.
     seed : In(32)
@@ -104,8 +153,7 @@ class Accelerator(wiring.Component):
             "i": In(stream.Signature(data.ArrayLayout(signed(aw), C))),
             "o": Out(stream.Signature(data.StructLayout({
                 "values": data.ArrayLayout(signed(aw), C), "last": 1}))),
-            "w": In(stream.Signature(data.StructLayout({
-                "addr": _u(program.weight_words - 1), "data": unsigned(R * ww)}))),
+            "w": In(stream.Signature(weight_stream_layout(program))),
             "rounding": In(data.ArrayLayout(unsigned(2), L)),
             "seed": In(32),
             "images": In(range(C + 1)),
@@ -131,19 +179,16 @@ class Accelerator(wiring.Component):
         S = len(steps)
 
         # -- memories -------------------------------------------------------------------
-        mask_w = (1 << ww) - 1
-        w_init = [sum((int(v) & mask_w) << (r * ww) for r, v in enumerate(word))
-                  for word in P.weight_image]
+        w_init = _pack(P.weight_image, ww)
         wmem = m.submodules.wmem = memory.Memory(shape=unsigned(R * ww),
                                                  depth=P.weight_words, init=w_init)
-        mask_b = (1 << accw) - 1
-        b_init = [sum((int(v) & mask_b) << (r * accw) for r, v in enumerate(word))
-                  for word in P.bias_image]
+        b_init = _pack(P.bias_image, accw)
         bmem = m.submodules.bmem = memory.Memory(shape=unsigned(R * accw),
                                                  depth=P.bias_words, init=b_init)
         w_rd = wmem.read_port()
         w_wr = wmem.write_port()
         b_rd = bmem.read_port()
+        b_wr = bmem.write_port()
         banks = []
         for j in range(C):
             bank = memory.Memory(shape=signed(aw), depth=P.act_words, init=[])
@@ -578,7 +623,9 @@ class Accelerator(wiring.Component):
                              banks[j][1].data.eq(wvalue[j]),
                              banks[j][1].en.eq(write_en)]
         m.d.comb += [w_wr.addr.eq(self.w.p.addr), w_wr.data.eq(self.w.p.data),
-                     w_wr.en.eq(self.w.valid & (state == ST["LOAD"])),
+                     w_wr.en.eq(self.w.valid & ~self.w.p.bias & (state == ST["LOAD"])),
+                     b_wr.addr.eq(self.w.p.addr), b_wr.data.eq(self.w.p.data),
+                     b_wr.en.eq(self.w.valid & self.w.p.bias & (state == ST["LOAD"])),
                      self.w.ready.eq(state == ST["LOAD"])]
 
         def load_step(index):

@@ -7,19 +7,22 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from systolic.golden.errors import ConstraintError
 from systolic.golden.randnet import random_input, random_network
 from systolic.golden.rounding import ROUNDING_MODES
 from systolic.golden.run import run
-from systolic.rtl.accelerator import Accelerator
+from systolic.rtl.accelerator import Accelerator, weight_beats
 from systolic.rtl.compiler import ArrayConfig, compile_network
 from systolic.rtl.requant import MODE
 
 
-def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=None):
+def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=None,
+             weights=None):
     """Run one batch in the Amaranth simulator; returns (outputs (N, *out_shape), counters).
 
     ``gaps``/``stalls``: a numpy Generator to insert idle input cycles and output
-    back-pressure (each with probability 0.5)."""
+    back-pressure (each with probability 0.5).  ``weights``: ``w`` stream beats
+    (:func:`~systolic.rtl.accelerator.weight_beats`) sent before the images."""
     net = program.network
     C = program.config.cols
     n = len(images)
@@ -36,6 +39,11 @@ def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=Non
             ctx.set(dut.rounding[j], MODE[mode])
         ctx.set(dut.seed, seed)
         ctx.set(dut.images, n)
+        for beat in weights or ():
+            ctx.set(dut.w.valid, 1)
+            ctx.set(dut.w.payload, beat)
+            await ctx.tick().until(dut.w.ready)
+        ctx.set(dut.w.valid, 0)
         for e in range(program.input_words):
             while gaps is not None and gaps.random() < 0.5:
                 ctx.set(dut.i.valid, 0)
@@ -70,14 +78,14 @@ def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=Non
     sim.add_clock(1e-6)
     sim.add_testbench(testbench)
     slack = 4 if gaps is not None or stalls is not None else 1
-    sim.run_until(1e-6 * (program.cycles + slack * (program.input_words +
-                                                    program.output_words) + 200))
+    sim.run_until(1e-6 * (program.cycles + len(weights or ()) + slack * (
+        program.input_words + program.output_words) + 200))
     assert result, "the accelerator did not finish"
     return out[:n].reshape(n, *net.output_shape), result
 
 
-def check(program, x, *, rounding=None, **kwargs):
-    net = program.network
+def check(program, x, *, rounding=None, network=None, **kwargs):
+    net = network or program.network
     got, counters = simulate(program, x, rounding=rounding, **kwargs)
     want = run(net, x, rounding=rounding)
     np.testing.assert_array_equal(got, want.logits.reshape(got.shape))
@@ -148,3 +156,37 @@ def test_partial_batch_counts_only_real_images():
     net = random_network(rng, max_layers=2, max_size=6, max_channels=3)
     program = compile_network(net, ArrayConfig(rows=2, cols=3))
     check(program, random_input(rng, net, 1))
+
+
+def _new_weights(rng, net):
+    from dataclasses import replace
+    layers = []
+    for layer in net.layers:
+        if layer.kind in ("conv2d", "dense"):
+            wf = layer.weight_format
+            bias = None if layer.bias is None else rng.integers(-500, 500, layer.bias.shape)
+            layer = replace(layer, weight=rng.integers(wf.min, wf.max + 1, layer.weight.shape),
+                            bias=bias)
+        layers.append(layer)
+    return replace(net, layers=tuple(layers), name="retrained")
+
+
+@pytest.mark.parametrize("seed", [21, 22], ids=lambda s: f"seed={s}")
+def test_weights_loaded_at_run_time(seed):
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=2, max_size=6, max_channels=4)
+    program = compile_network(net, ArrayConfig(rows=3, cols=2))
+    other = _new_weights(rng, net)
+    x = random_input(rng, net, 2)
+    assert not np.array_equal(run(net, x).tensors[1], run(other, x).tensors[1])
+    check(program, x, network=other, weights=weight_beats(program, other))
+    # the first tensors differ, and check() compares logits and every layer's saturation
+    # count with golden run on the new weights
+
+
+def test_weights_of_another_topology_are_rejected():
+    rng = np.random.default_rng(23)
+    program = compile_network(random_network(rng, max_layers=1), ArrayConfig(rows=2, cols=2))
+    with pytest.raises(ConstraintError, match=r"does not have the topology and formats this "
+                                              r"accelerator was built for"):
+        weight_beats(program, random_network(np.random.default_rng(24), max_layers=3))
