@@ -341,7 +341,8 @@ class Program:
         rows = []
         for s in self.steps:
             ideal = s.macs * C / (R * C)          # cycles at 100 % for the whole batch
-            entry = {"layer": s.layer, "op": s.op, "macs": s.macs, "cycles": s.cycles,
+            op = f"{s.op}+maxpool" if s.fused_pool else s.op
+            entry = {"layer": s.layer, "op": op, "macs": s.macs, "cycles": s.cycles,
                      "utilization": ideal / s.cycles if s.cycles else 0.0}
             if s.kind == "matmul":
                 k = s.reduction
