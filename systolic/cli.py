@@ -207,6 +207,39 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_train(args):
+    from systolic.golden import fxtrain
+    from systolic.golden.datasets import mnist
+    from systolic.golden.netfile import save_network
+    config = fxtrain.FxConfig(
+        mode=args.mode, width=args.width, frac=args.frac, activation_frac=args.activation_frac,
+        lr=args.lr, lr_decay=args.lr_decay, batch_size=args.batch_size, epochs=args.epochs,
+        seed=args.seed, train_images=args.train_images)
+    fxtrain.architecture(args.arch)  # a bad name fails before anything is printed
+    test_images, test_labels = mnist("holdout")
+    if not 1 <= args.test_images <= len(test_images):
+        raise SystemExit(f"systolic: error: --test-images must be between 1 and "
+                         f"{len(test_images)} (the held-out MNIST images), "
+                         f"not {args.test_images}")
+    test = (test_images[:args.test_images], test_labels[:args.test_images])
+    arith = ("float32" if config.mode == "float32" else
+             f"{config.mode} rounding, weights {config.weight_format}, activations "
+             f"{config.activation_format}, gradients {config.width}-bit dynamic")
+    epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
+    print(f"systolic train {args.arch}: {arith}; {epochs}, batch "
+          f"{config.batch_size}, lr {config.lr}, seed {config.seed}", flush=True)
+    try:
+        result = fxtrain.train(args.arch, config, test_data=test, name=args.name or args.arch,
+                               progress=lambda line: print(line, flush=True))
+    except ArithmeticError as exc:  # overflow of an exact sum, or a diverged float run
+        raise SystemExit(f"systolic: error: {exc}") from None
+    print(f"test error {100 * result.test_error:.2f}% on {len(test[1])} held-out images "
+          f"({'float32' if config.mode == 'float32' else 'golden model, exported network'})")
+    if args.out:
+        print(f"wrote {save_network(result.network, args.out)}")
+    return 0
+
+
 def _parser():
     p = argparse.ArgumentParser(
         prog="systolic",
@@ -253,6 +286,34 @@ def _parser():
                    help="override the stochastic-rounding seed")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_golden)
+
+    s = sub.add_parser("train", help="train a network in fixed point (or float32) on MNIST "
+                                     "with the golden arithmetic")
+    s.add_argument("arch", help="gupta-fc, gupta-cnn, lenet5 or mnist-tiny")
+    s.add_argument("--mode", default="stochastic",
+                   help="float32, nearest_even or stochastic (default)")
+    s.add_argument("--width", type=int, default=16, help="word width of every tensor "
+                                                        "(default 16)")
+    s.add_argument("--frac", type=int, default=14,
+                   help="fractional bits of weights, biases and updates (default 14)")
+    s.add_argument("--activation-frac", type=int, default=10,
+                   help="fractional bits of the input and the layer outputs (default 10)")
+    s.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
+    s.add_argument("--lr-decay", type=float, default=1.0,
+                   help="learning-rate factor after every epoch (default 1)")
+    s.add_argument("--batch-size", type=int, default=100)
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the weights, data order and stochastic rounding")
+    s.add_argument("--train-images", type=int, default=None,
+                   help="train on the first N of the 4,000 training images")
+    s.add_argument("--test-images", type=int, default=1000,
+                   help="held-out images for the test error (default and maximum 1000)")
+    s.add_argument("--name", default=None, help="name of the trained network")
+    s.add_argument("--out", "-o", default=None,
+                   help="write the trained network here (a quantized network file, or a "
+                        "float one for float32)")
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("demo", help="the main job on the default network and board")
     s.add_argument("--network", default="mnist-tiny")
