@@ -39,6 +39,7 @@ from systolic.golden.errors import ConstraintError
 from .array import SystolicArray
 from .compiler import LANE_LATENCY, MAX_LEFT_SHIFT, Program
 from .requant import MODE, RequantConfig, Requantizer
+from .spram import SPRAM
 from .srgen import SRKeySchedule, SRRounds
 
 __all__ = ["Accelerator", "COUNTER_WIDTH", "weight_stream_layout", "weight_beats"]
@@ -49,6 +50,21 @@ COUNTER_WIDTH = 32
 
 def _u(n):
     return unsigned(max(1, bits_for(n)))
+
+
+class _SPRAMRead:
+    """The read side of an :class:`~.spram.SPRAM` with a memory read port's names."""
+
+    def __init__(self, spram):
+        self.addr, self.en, self.data = Signal.like(spram.addr), spram.en, spram.data
+        self._spram = spram
+
+
+class _SPRAMWrite:
+    """The write side; the single port takes the write address while ``en`` is high."""
+
+    def __init__(self, spram):
+        self.addr, self.data, self.en = Signal.like(spram.addr), spram.wdata, spram.we
 
 
 def _pack(image, width):
@@ -135,6 +151,10 @@ class Accelerator(wiring.Component):
     saturations : Out(ArrayLayout(unsigned(32), layers))
         Saturation events per layer, over the real images.
 
+    With ``weight_memory="spram"`` the weight memory is iCE40 SPRAM, which the bitstream
+    cannot initialize: send the weights through ``w`` (:func:`weight_beats` of the
+    program's own network) before the first run.
+
     Timing: ``program.cycles`` compute cycles per run exactly (no stall is possible
     inside a run); load ``input_words`` and output ``output_words`` beats at one per cycle
     when the streams allow.
@@ -179,14 +199,19 @@ class Accelerator(wiring.Component):
         S = len(steps)
 
         # -- memories -------------------------------------------------------------------
-        w_init = _pack(P.weight_image, ww)
-        wmem = m.submodules.wmem = memory.Memory(shape=unsigned(R * ww),
-                                                 depth=P.weight_words, init=w_init)
+        if cfg.weight_memory == "spram":
+            # empty at power-up: the weights come through the w stream
+            wmem = m.submodules.wmem = SPRAM(width=R * ww, depth=P.weight_words)
+            w_rd = _SPRAMRead(wmem)
+            w_wr = _SPRAMWrite(wmem)
+        else:
+            wmem = m.submodules.wmem = memory.Memory(
+                shape=unsigned(R * ww), depth=P.weight_words, init=_pack(P.weight_image, ww))
+            w_rd = wmem.read_port()
+            w_wr = wmem.write_port()
         b_init = _pack(P.bias_image, accw)
         bmem = m.submodules.bmem = memory.Memory(shape=unsigned(R * accw),
                                                  depth=P.bias_words, init=b_init)
-        w_rd = wmem.read_port()
-        w_wr = wmem.write_port()
         b_rd = bmem.read_port()
         b_wr = bmem.write_port()
         banks = []
@@ -622,6 +647,8 @@ class Accelerator(wiring.Component):
                 m.d.comb += [banks[j][1].addr.eq(write_addr),
                              banks[j][1].data.eq(wvalue[j]),
                              banks[j][1].en.eq(write_en)]
+        if cfg.weight_memory == "spram":
+            m.d.comb += wmem.addr.eq(Mux(w_wr.en, w_wr.addr, w_rd.addr))
         m.d.comb += [w_wr.addr.eq(self.w.p.addr), w_wr.data.eq(self.w.p.data),
                      w_wr.en.eq(self.w.valid & ~self.w.p.bias & (state == ST["LOAD"])),
                      b_wr.addr.eq(self.w.p.addr), b_wr.data.eq(self.w.p.data),

@@ -43,10 +43,12 @@ from .requant import MODE, requant_config
 from .srgen import check_rounds_per_stage, pipeline_stages
 
 __all__ = ["ArrayConfig", "Step", "Program", "compile_network", "PRESETS",
-           "LANE_LATENCY"]
+           "LANE_LATENCY", "WEIGHT_MEMORIES"]
 
 #: Requantization lane latency with the generator outside the lane (``external_h``).
 LANE_LATENCY = 4
+#: Where the weights live (ArrayConfig.weight_memory).
+WEIGHT_MEMORIES = ("bram", "spram")
 #: The lanes' largest left shift (a larger one gives the same results, see requant_shift).
 MAX_LEFT_SHIFT = 16
 
@@ -75,6 +77,10 @@ class ArrayConfig:
     fuse_pool : bool
         Fuse a max pool (stride = kernel) that follows a convolution into the
         convolution's output (no separate pass, no stored conv output).
+    weight_memory : str
+        ``"bram"`` (block RAM, initialized by the bitstream) or ``"spram"`` (iCE40
+        UltraPlus SPRAM, :mod:`systolic.rtl.spram`: 8x larger, but empty at power-up, so
+        the weights are written through the weight stream before the first run).
 
     Raises
     ------
@@ -90,6 +96,7 @@ class ArrayConfig:
     weight_memory_bits: int | None = None
     activation_memory_bits: int | None = None
     fuse_pool: bool = True
+    weight_memory: str = "bram"
 
     def __post_init__(self):
         check_int("Array rows", self.rows, 1, MAX_SIZE)
@@ -105,6 +112,9 @@ class ArrayConfig:
                              f"{self.multiplier!r}")
         if not isinstance(self.stochastic, bool):
             raise TypeError(f"Stochastic must be a bool, not {self.stochastic!r}")
+        if self.weight_memory not in WEIGHT_MEMORIES:
+            raise ValueError(f"Weight memory must be one of {', '.join(WEIGHT_MEMORIES)}, "
+                             f"not {self.weight_memory!r}")
         if not isinstance(self.fuse_pool, bool):
             raise TypeError(f"Fuse pool must be a bool, not {self.fuse_pool!r}")
         check_rounds_per_stage(self.rounds_per_stage)

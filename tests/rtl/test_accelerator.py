@@ -190,3 +190,13 @@ def test_weights_of_another_topology_are_rejected():
     with pytest.raises(ConstraintError, match=r"does not have the topology and formats this "
                                               r"accelerator was built for"):
         weight_beats(program, random_network(np.random.default_rng(24), max_layers=3))
+
+
+@pytest.mark.parametrize("seed", [31, 32], ids=lambda s: f"seed={s}")
+def test_weights_in_spram(seed):
+    """With ``weight_memory="spram"`` the weights are not in the bitstream: they arrive
+    through the weight stream first (the SPRAM model starts empty, like the primitive)."""
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=2, max_size=6, max_channels=4)
+    program = compile_network(net, ArrayConfig(rows=3, cols=2, weight_memory="spram"))
+    check(program, random_input(rng, net, 2), weights=weight_beats(program, net))

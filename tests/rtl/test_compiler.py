@@ -35,6 +35,8 @@ def small_net(*extra, stochastic=False):
     (dict(multiplier="dsp"), ValueError, r"Multiplier must be one of"),
     (dict(stochastic=1), TypeError, r"Stochastic must be a bool, not 1"),
     (dict(fuse_pool="yes"), TypeError, r"Fuse pool must be a bool, not 'yes'"),
+    (dict(weight_memory="flash"), ValueError, r"Weight memory must be one of bram, spram, "
+                                              r"not 'flash'"),
     (dict(rounds_per_stage=0), TypeError, r"Rounds per stage must be a positive integer"),
     (dict(weight_memory_bits=-1), TypeError, r"Weight memory bits must be a positive"),
 ])
