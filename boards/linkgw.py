@@ -1,0 +1,785 @@
+"""The device end of the host link in gateware: frame decoder, command engine, encoder.
+
+The protocol is specified in :mod:`.link`; :class:`~.linkmodel.LinkModel` is the
+reference this gateware is compared to, byte for byte.  The pieces::
+
+    rx pin -> UARTRx -> gap marker -> RX FIFO -> FrameDecoder --event--> LinkEngine
+                                                      |                    |  ^
+                                             frame buffer (256 x 8) <------+  |
+                                                                           v  |
+    tx pin <- UARTTx <------------- FrameEncoder <---- header, bytes ------+  |
+                                                                              |
+                                            accelerator interface <-----------+
+
+* The **gap marker** puts a marker into the RX FIFO when the line has been idle for
+  ``gap_bits`` bit times after a character, so the decoder sees the gap in order with
+  the bytes even when it is busy.  When the FIFO is full a character is lost, and the
+  next one that fits is flagged as an error (the frame it belongs to gets an *rx* NAK).
+* The **decoder** writes a frame's payload into the frame buffer and presents an
+  *event* (a good frame's header, or an error reason) until the engine has finished
+  with it, so the buffer is never overwritten while in use; bytes arriving meanwhile
+  wait in the RX FIFO (``rx_depth`` bytes: enough for a whole frame while the longest
+  response is sent, so a stop-and-wait host never loses a byte).
+* The **engine** executes the command (reading the payload, writing the response into
+  the same buffer) and hands the response to the **encoder**, which adds SYNC, header
+  and CRC.
+
+The accelerator interface (:func:`accelerator_signature`) is the
+:class:`~systolic.rtl.accelerator.Accelerator`'s own members minus ``step``, so the board
+top connects them with :func:`connect_accelerator`; a stand-in with the same signature
+(:class:`~.standin.StandInAccelerator`) tests the link without a real network.
+``accel_reset`` pulses on RESET: the board top wraps the accelerator in
+``ResetInserter(accel_reset)`` so that a half-loaded input is forgotten (memories, and so
+the weights, keep their contents).
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import crc, data, memory, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from systolic.rtl._params import check_int
+
+from .link import (COMMANDS, COUNTER_CHUNK, NAK, NAK_REASONS, PAYLOAD_MAX, RESPONSE, STATUS,
+                   SYNC, Descriptor)
+from .uart import UARTRx, UARTTx
+
+__all__ = ["accelerator_signature", "connect_accelerator", "rx_event_layout",
+           "event_layout", "header_layout", "FrameDecoder", "FrameEncoder", "LinkEngine",
+           "LinkDevice"]
+
+#: An entry of the RX FIFO: a character (``error``: framing error, or characters lost
+#: before it) or, with ``gap`` set, the idle-line marker.
+rx_event_layout = data.StructLayout({"data": 8, "error": 1, "gap": 1})
+#: The decoder's output: a good frame's header (``reason`` 0) or an error (the NAK reason).
+event_layout = data.StructLayout({"reason": 8, "cmd": 8, "seq": 8, "length": 8})
+#: A frame the encoder is to send: its header; ``length`` payload bytes follow.
+header_layout = data.StructLayout({"cmd": 8, "seq": 8, "length": 8})
+
+_CRC = crc.catalog.CRC16_CCITT_FALSE(data_width=8)
+
+
+def _check_descriptor(descriptor):
+    if not isinstance(descriptor, Descriptor):
+        raise TypeError(f"Descriptor must be a Descriptor, not {descriptor!r}")
+    return descriptor
+
+
+def accelerator_signature(descriptor):
+    """The accelerator's side of the link: the members of
+    :class:`~systolic.rtl.accelerator.Accelerator` that the link drives and reads (all but
+    ``step``), sized by ``descriptor``.
+
+    Members (accelerator's view)
+    ----------------------------
+    i : In(stream.Signature(ArrayLayout(signed(act_width), C)))
+    o : Out(stream.Signature(StructLayout{values: ArrayLayout(signed(act_width), C), last}))
+    w : In(stream.Signature(StructLayout{bias: 1, addr, data}))
+    rounding : In(ArrayLayout(unsigned(2), L)); seed : In(32); images : In(range(C + 1))
+    busy : Out(1); cycles, beats : Out(32)
+    layer_cycles, saturations : Out(ArrayLayout(unsigned(32), L))
+    """
+    d = _check_descriptor(descriptor)
+    C, L, aw = d.cols, d.layers, d.act_width
+    return wiring.Signature({
+        "i": In(stream.Signature(data.ArrayLayout(signed(aw), C))),
+        "o": Out(stream.Signature(data.StructLayout({
+            "values": data.ArrayLayout(signed(aw), C), "last": 1}))),
+        "w": In(stream.Signature(data.StructLayout({
+            "bias": 1, "addr": unsigned(d.weight_addr_width),
+            "data": unsigned(d.weight_data_width)}))),
+        "rounding": In(data.ArrayLayout(unsigned(2), L)),
+        "seed": In(32),
+        "images": In(range(C + 1)),
+        "busy": Out(1),
+        "cycles": Out(32),
+        "layer_cycles": Out(data.ArrayLayout(unsigned(32), L)),
+        "beats": Out(32),
+        "saturations": Out(data.ArrayLayout(unsigned(32), L)),
+    })
+
+
+def connect_accelerator(m, port, accel):
+    """Connect a link's ``accel`` port to an accelerator (or stand-in) that has at least
+    the members of :func:`accelerator_signature`; extra members (``step``) are left
+    alone."""
+    for name in ("i", "o", "w"):
+        wiring.connect(m, getattr(port, name), getattr(accel, name))
+    m.d.comb += [accel.rounding.eq(port.rounding), accel.seed.eq(port.seed),
+                 accel.images.eq(port.images)]
+    for name in ("busy", "cycles", "layer_cycles", "beats", "saturations"):
+        m.d.comb += getattr(port, name).eq(getattr(accel, name))
+
+
+class FrameDecoder(wiring.Component):
+    """Frames from received characters (the decoding rules of :mod:`.link`).
+
+    Members
+    -------
+    i : In(stream.Signature(rx_event_layout))
+        Characters and idle-line markers.
+    o : Out(stream.Signature(event_layout))
+        One event per good frame or error, held until the consumer is done with the
+        frame buffer; no input is taken meanwhile.
+    wr_addr : Out(8); wr_data : Out(8); wr_en : Out(1)
+        Payload byte ``k`` of the frame being received goes to address ``k`` of the
+        frame buffer.
+
+    Latency: the event is valid 2 cycles after the last CRC byte is taken.  Throughput:
+    one character per cycle while no event is pending.
+    """
+
+    i: In(stream.Signature(rx_event_layout))
+    o: Out(stream.Signature(event_layout))
+    wr_addr: Out(8)
+    wr_data: Out(8)
+    wr_en: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.crc = crc_ = _CRC.create()
+        length = Signal(8)
+        count = Signal(8)
+        cmd, seq = Signal(8), Signal(8)
+        b = self.i.payload.data
+        take = Signal()
+        checking = Signal()
+        m.d.comb += [self.i.ready.eq(~self.o.valid & ~checking), take.eq(self.i.valid &
+                                                                        self.i.ready)]
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+
+        def event(reason):
+            m.d.sync += [self.o.valid.eq(1), self.o.payload.reason.eq(reason),
+                         self.o.payload.cmd.eq(cmd), self.o.payload.seq.eq(seq),
+                         self.o.payload.length.eq(length)]
+
+        m.d.comb += [self.wr_addr.eq(count), self.wr_data.eq(b), crc_.data.eq(b)]
+        with m.FSM():
+            # states after SYNC1: a frame is in progress
+            in_frame = ("LEN", "CMD", "SEQ", "PAYLOAD", "CRC0", "CRC1")
+            for name in ("HUNT", "SYNC1") + in_frame:
+                with m.State(name):
+                    with m.If(take & (self.i.payload.gap | self.i.payload.error)):
+                        if name in in_frame:
+                            event(Mux(self.i.payload.gap, NAK_REASONS["timeout"],
+                                      NAK_REASONS["rx"]))
+                        m.next = "HUNT"
+                    with m.Elif(take):
+                        if name == "HUNT":
+                            with m.If(b == SYNC[0]):
+                                m.next = "SYNC1"
+                        elif name == "SYNC1":
+                            with m.If(b == SYNC[1]):
+                                m.next = "LEN"
+                            with m.Elif(b != SYNC[0]):
+                                m.next = "HUNT"
+                        else:
+                            m.d.comb += crc_.valid.eq(1)
+                        if name == "LEN":
+                            m.d.comb += crc_.start.eq(1)
+                            m.d.sync += [length.eq(b), count.eq(0)]
+                            with m.If(b > PAYLOAD_MAX):
+                                event(NAK_REASONS["length"])
+                                m.next = "HUNT"
+                            with m.Else():
+                                m.next = "CMD"
+                        elif name == "CMD":
+                            m.d.sync += cmd.eq(b)
+                            m.next = "SEQ"
+                        elif name == "SEQ":
+                            m.d.sync += seq.eq(b)
+                            m.next = "PAYLOAD"
+                            with m.If(length == 0):
+                                m.next = "CRC0"
+                        elif name == "PAYLOAD":
+                            m.d.comb += self.wr_en.eq(1)
+                            m.d.sync += count.eq(count + 1)
+                            with m.If(count == length - 1):
+                                m.next = "CRC0"
+                        elif name == "CRC0":
+                            m.next = "CRC1"
+                        elif name == "CRC1":
+                            m.next = "CHECK"
+            with m.State("CHECK"):
+                # the CRC register has taken the last byte: a good frame leaves residue 0
+                m.d.comb += checking.eq(1)
+                event(Mux(crc_.match_detected, 0, NAK_REASONS["crc"]))
+                m.next = "HUNT"
+        return m
+
+
+class FrameEncoder(wiring.Component):
+    """Frames from a header and payload bytes: SYNC, LEN, CMD, SEQ, payload, CRC.
+
+    Members
+    -------
+    h : In(stream.Signature(header_layout))
+        Taken when the previous frame is complete.
+    i : In(stream.Signature(8))
+        The ``length`` payload bytes of the frame whose header was taken.
+    o : Out(stream.Signature(8))
+        The frame's bytes.
+
+    Latency: the first byte is valid the cycle after the header is taken; payload bytes
+    pass through combinationally.  Throughput: one byte per cycle.
+    """
+
+    h: In(stream.Signature(header_layout))
+    i: In(stream.Signature(8))
+    o: Out(stream.Signature(8))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.crc = crc_ = _CRC.create()
+        hdr = Signal(header_layout)
+        count = Signal(8)
+        sent = Signal()
+        m.d.comb += [sent.eq(self.o.valid & self.o.ready), crc_.data.eq(self.o.payload)]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.h.ready.eq(1)
+                with m.If(self.h.valid):
+                    m.d.sync += [hdr.eq(self.h.payload), count.eq(0)]
+                    m.next = "SYNC0"
+            with m.State("SYNC0"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(SYNC[0])]
+                with m.If(sent):
+                    m.next = "SYNC1"
+            with m.State("SYNC1"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(SYNC[1])]
+                with m.If(sent):
+                    m.next = "LEN"
+            with m.State("LEN"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(hdr.length),
+                             crc_.start.eq(1), crc_.valid.eq(sent)]
+                with m.If(sent):
+                    m.next = "CMD"
+            with m.State("CMD"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(hdr.cmd),
+                             crc_.valid.eq(sent)]
+                with m.If(sent):
+                    m.next = "SEQ"
+            with m.State("SEQ"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(hdr.seq),
+                             crc_.valid.eq(sent)]
+                with m.If(sent):
+                    m.next = "DATA"
+                    with m.If(hdr.length == 0):
+                        m.next = "CRC0"
+            with m.State("DATA"):
+                m.d.comb += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload),
+                             self.i.ready.eq(self.o.ready), crc_.valid.eq(sent)]
+                with m.If(sent):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == hdr.length - 1):
+                        m.next = "CRC0"
+            with m.State("CRC0"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(crc_.crc[8:])]
+                with m.If(sent):
+                    m.next = "CRC1"
+            with m.State("CRC1"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(crc_.crc[:8])]
+                with m.If(sent):
+                    m.next = "IDLE"
+        return m
+
+
+def _length_mask(ok):
+    """A 256-bit constant whose bit ``n`` says whether payload length ``n`` is valid."""
+    return Const(sum(1 << n for n in range(256) if ok(n)), 256)
+
+
+class LinkEngine(wiring.Component):
+    """The command engine: executes the commands of :mod:`.link` on the accelerator
+    interface and writes the responses.
+
+    Parameters
+    ----------
+    descriptor : Descriptor
+        The device's descriptor (PING's answer); its ``rounding`` and ``seed`` are the
+        registers' reset values.
+
+    Members
+    -------
+    event : In(stream.Signature(event_layout))
+        From :class:`FrameDecoder`; taken (``ready``) when the response has been handed
+        to the encoder, so the frame buffer is the engine's while ``event.valid``.
+    rd_addr : Out(8); rd_data : In(8)
+        The frame buffer's read port (synchronous, always enabled: ``rd_data`` is the byte
+        at the previous cycle's ``rd_addr``).
+    wr_addr : Out(8); wr_data : Out(8); wr_en : Out(1)
+        The frame buffer's write port (responses are built in place).
+    h : Out(stream.Signature(header_layout)); tx : Out(stream.Signature(8))
+        To :class:`FrameEncoder`.
+    accel : In(accelerator_signature(descriptor))
+        The accelerator (the link drives ``i``, ``w`` and the registers, takes ``o``).
+    accel_reset : Out(1)
+        One-cycle pulse on RESET, for a ``ResetInserter`` around the accelerator.
+
+    Latency: the response header is offered ``12 + 2 * LEN + N`` cycles after the event
+    at most (``N``: data bytes of the response; plus any back-pressure of ``accel.i`` and
+    ``accel.w``), and each response byte takes 2 cycles.  Output beats are taken from
+    ``accel.o`` in every cycle (``o.ready`` is always 1).
+    """
+
+    def __init__(self, *, descriptor):
+        self._descriptor = _check_descriptor(descriptor)
+        super().__init__({
+            "event": In(stream.Signature(event_layout)),
+            "rd_addr": Out(8), "rd_data": In(8),
+            "wr_addr": Out(8), "wr_data": Out(8), "wr_en": Out(1),
+            "h": Out(stream.Signature(header_layout)),
+            "tx": Out(stream.Signature(8)),
+            "accel": In(accelerator_signature(descriptor)),
+            "accel_reset": Out(1),
+        })
+
+    @property
+    def descriptor(self):
+        return self._descriptor
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self._descriptor
+        C, L, aw = d.cols, d.layers, d.act_width
+        IW, OW, IB, WB = d.input_words, d.output_words, d.input_bytes, d.weight_beat_bytes
+        NC = d.counter_words
+        acc = self.accel
+        ev = self.event.payload
+        length, cmd = ev.length, ev.cmd
+
+        # -- state ------------------------------------------------------------------------
+        default_rounding = sum(r << (2 * j) for j, r in enumerate(d.rounding))
+        rounding = Signal(2 * L, init=default_rounding)
+        seed = Signal(32, init=d.seed)
+        images = Signal(range(C + 1), init=C)
+        m.d.comb += [acc.rounding.eq(rounding), acc.seed.eq(seed), acc.images.eq(images)]
+        session = Signal(8)
+        last_valid = Signal()
+        last_seq, last_cmd, last_status = Signal(8), Signal(8), Signal(8)
+        loaded = Signal(range(IW + 1))
+        held = Signal(C * aw)
+        running, done = Signal(), Signal()
+        produced = Signal(range(OW + 1))
+
+        # -- output buffer: every output beat of the accelerator is captured --------------
+        outbuf = m.submodules.outbuf = memory.Memory(shape=unsigned(C * aw), depth=OW, init=[])
+        out_wr = outbuf.write_port()
+        out_rd = outbuf.read_port()
+        m.d.comb += [acc.o.ready.eq(1), out_wr.addr.eq(produced),
+                     out_wr.data.eq(acc.o.payload.values)]
+        with m.If(acc.o.valid & (produced < OW)):
+            m.d.comb += out_wr.en.eq(1)
+            m.d.sync += produced.eq(produced + 1)
+            with m.If(produced == OW - 1):
+                m.d.sync += [running.eq(0), done.eq(1)]
+
+        # -- command registers ----------------------------------------------------------
+        args = Signal(48)                   # payload bytes 0..5
+        arg = [args[8 * k:8 * k + 8] for k in range(6)]
+        off16 = args[:16]
+        status = Signal(8)
+        resp_cmd, resp_seq, resp_len = Signal(8), Signal(8), Signal(8)
+        k = Signal(8)                       # payload byte index / loop counter
+        j = Signal(range(max(WB, IB, 4) + 1))   # byte within a beat
+        wp = Signal(8)                      # response write pointer
+        e = Signal(16)                      # output beat / counter word index
+        last_e = Signal(16)
+        beat = Signal(8 * max(WB, IB))
+        shadow = Signal(2 * L)
+        bad = Signal()
+        word = Signal(max(C * aw, 32))
+
+        desc_bytes = d.to_bytes()
+        rom = Array(Const(b, 8) for b in desc_bytes)
+        counters = Array([acc.cycles, acc.beats]
+                         + [acc.layer_cycles[l] for l in range(L)]
+                         + [acc.saturations[l] for l in range(L)])
+        status_word = Cat(running, done, acc.busy, Const(0, 5), loaded,
+                          Const(0, 16 - len(loaded)), produced, Const(0, 16 - len(produced)))
+        out_word = Cat(out_rd.data, Const(0, 8 * IB - C * aw))
+
+        S = STATUS
+        Cm = COMMANDS
+        weights_len_ok = _length_mask(lambda n: n >= WB and n % WB == 0)
+        load_len_ok = _length_mask(lambda n: n >= 2 + IB and (n - 2) % IB == 0)
+        is_side_effect = Signal()
+        m.d.comb += is_side_effect.eq(
+            (cmd == Cm["RESET"]) | (cmd == Cm["SET_REGISTERS"]) |
+            (cmd == Cm["WRITE_WEIGHTS"]) | (cmd == Cm["LOAD_INPUT"]) | (cmd == Cm["RUN"]))
+
+        def respond(code):
+            m.d.sync += status.eq(code)
+            m.next = "RESP0"
+
+        def write(addr, value):
+            m.d.comb += [self.wr_en.eq(1), self.wr_addr.eq(addr), self.wr_data.eq(value)]
+
+        m.d.comb += out_rd.addr.eq(e)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.event.valid):
+                    with m.If(ev.reason != 0):
+                        write(0, ev.reason)
+                        m.d.sync += [resp_cmd.eq(NAK), resp_seq.eq(0), resp_len.eq(1)]
+                        m.next = "SEND"
+                    with m.Else():
+                        m.d.comb += self.rd_addr.eq(0)
+                        m.d.sync += [k.eq(0), resp_cmd.eq(RESPONSE | cmd),
+                                     resp_seq.eq(ev.seq), wp.eq(2)]
+                        m.next = "ARGS"
+
+            with m.State("ARGS"):
+                m.d.comb += self.rd_addr.eq(k + 1)
+                m.d.sync += [args.eq(Cat(args[8:], self.rd_data)), k.eq(k + 1)]
+                with m.If(k == 5):
+                    m.next = "DISPATCH"
+
+            with m.State("DISPATCH"):
+                m.d.sync += [last_valid.eq(1), last_seq.eq(ev.seq), last_cmd.eq(cmd),
+                             k.eq(0), j.eq(0), bad.eq(0)]
+                dup = last_valid & (ev.seq == last_seq) & (cmd == last_cmd) & is_side_effect
+                with m.If(dup):
+                    respond(last_status)
+                with m.Elif(cmd == Cm["PING"]):
+                    with m.If(length != 0):
+                        respond(S["BAD_LENGTH"])
+                    with m.Else():
+                        m.next = "PING"
+                with m.Elif(cmd == Cm["RESET"]):
+                    with m.If(length != 1):
+                        respond(S["BAD_LENGTH"])
+                    with m.Elif(arg[0] == 0):
+                        respond(S["BAD_ARG"])
+                    with m.Else():
+                        m.d.comb += self.accel_reset.eq(1)
+                        m.d.sync += [session.eq(arg[0]), loaded.eq(0), running.eq(0),
+                                     done.eq(0), produced.eq(0),
+                                     rounding.eq(default_rounding), seed.eq(d.seed),
+                                     images.eq(C)]
+                        respond(S["OK"])
+                with m.Elif(cmd == Cm["SET_REGISTERS"]):
+                    with m.If(length != 5 + L):
+                        respond(S["BAD_LENGTH"])
+                    with m.Elif(running):
+                        respond(S["BUSY"])
+                    with m.Elif(arg[0] > C):
+                        respond(S["BAD_ARG"])
+                    with m.Else():
+                        m.d.comb += self.rd_addr.eq(5)
+                        m.next = "REGS"
+                with m.Elif(cmd == Cm["WRITE_WEIGHTS"]):
+                    with m.If(~weights_len_ok.bit_select(length, 1)):
+                        respond(S["BAD_LENGTH"])
+                    with m.Elif(running):
+                        respond(S["BUSY"])
+                    with m.Else():
+                        m.d.comb += self.rd_addr.eq(0)
+                        m.next = "W_READ"
+                with m.Elif(cmd == Cm["LOAD_INPUT"]):
+                    with m.If(~load_len_ok.bit_select(length, 1)):
+                        respond(S["BAD_LENGTH"])
+                    with m.Elif(running):
+                        respond(S["BUSY"])
+                    with m.Elif(off16 != loaded):
+                        respond(S["ORDER"])
+                    with m.Elif(length - 2 > (IW - loaded) * IB):
+                        respond(S["BAD_ARG"])
+                    with m.Else():
+                        m.d.comb += self.rd_addr.eq(2)
+                        m.d.sync += k.eq(2)
+                        m.next = "L_READ"
+                with m.Elif(cmd == Cm["RUN"]):
+                    with m.If(length != 0):
+                        respond(S["BAD_LENGTH"])
+                    with m.Elif(running):
+                        respond(S["BUSY"])
+                    with m.Elif(loaded != IW):
+                        respond(S["NO_INPUT"])
+                    with m.Else():
+                        m.d.sync += [produced.eq(0), done.eq(0)]
+                        m.next = "R_PUSH"
+                with m.Elif(cmd == Cm["STATUS"]):
+                    with m.If(length != 0):
+                        respond(S["BAD_LENGTH"])
+                    with m.Else():
+                        m.next = "STATUS"
+                with m.Elif(cmd == Cm["READ_OUTPUT"]):
+                    count = arg[2]
+                    with m.If(length != 3):
+                        respond(S["BAD_LENGTH"])
+                    with m.Elif((count == 0) | (count > d.output_chunk) |
+                                (off16 + count > OW)):
+                        respond(S["BAD_ARG"])
+                    with m.Elif(off16 + count > produced):
+                        respond(S["NOT_READY"])
+                    with m.Else():
+                        m.d.sync += [e.eq(off16), last_e.eq(off16 + count - 1)]
+                        m.next = "O_ADDR"
+                with m.Elif(cmd == Cm["READ_COUNTERS"]):
+                    count = arg[1]
+                    with m.If(length != 2):
+                        respond(S["BAD_LENGTH"])
+                    with m.Elif((count == 0) | (count > COUNTER_CHUNK) |
+                                (arg[0] + count > NC)):
+                        respond(S["BAD_ARG"])
+                    with m.Else():
+                        m.d.sync += [e.eq(arg[0]), last_e.eq(arg[0] + count - 1)]
+                        m.next = "C_WORD"
+                with m.Else():
+                    respond(S["UNKNOWN_COMMAND"])
+
+            # SET_REGISTERS: rounding bytes 5..5+L-1 into a shadow, then all or nothing
+            with m.State("REGS"):
+                m.d.comb += self.rd_addr.eq(6 + k)
+                m.d.sync += [shadow.eq(Cat(shadow[2:], self.rd_data[:2])), k.eq(k + 1)]
+                with m.If(self.rd_data > 2):
+                    m.d.sync += bad.eq(1)
+                with m.If(k == L - 1):
+                    m.next = "REGS_COMMIT"
+            with m.State("REGS_COMMIT"):
+                with m.If(bad):
+                    respond(S["BAD_ARG"])
+                with m.Else():
+                    m.d.sync += [images.eq(arg[0]), seed.eq(args[8:40]), rounding.eq(shadow)]
+                    respond(S["OK"])
+
+            # WRITE_WEIGHTS: WB bytes per beat into the w stream
+            with m.State("W_READ"):
+                m.d.comb += self.rd_addr.eq(k + 1)
+                m.d.sync += [beat.eq(Cat(beat[8:], self.rd_data)), k.eq(k + 1), j.eq(j + 1)]
+                with m.If(j == WB - 1):
+                    m.d.sync += j.eq(0)
+                    m.next = "W_PUSH"
+            with m.State("W_PUSH"):
+                m.d.comb += [self.rd_addr.eq(k), acc.w.valid.eq(1),
+                             acc.w.payload.eq(beat[len(beat) - 8 * WB:][:d.weight_beat_bits])]
+                with m.If(acc.w.ready):
+                    with m.If(k == length):
+                        respond(S["OK"])
+                    with m.Else():
+                        m.next = "W_READ"
+
+            # LOAD_INPUT: IB bytes per beat into the i stream; the tensor's last beat is held
+            with m.State("L_READ"):
+                m.d.comb += self.rd_addr.eq(k + 1)
+                m.d.sync += [beat.eq(Cat(beat[8:], self.rd_data)), k.eq(k + 1), j.eq(j + 1)]
+                with m.If(j == IB - 1):
+                    m.d.sync += j.eq(0)
+                    m.next = "L_PUSH"
+            with m.State("L_PUSH"):
+                in_beat = beat[len(beat) - 8 * IB:][:C * aw]
+                m.d.comb += [self.rd_addr.eq(k), acc.i.payload.eq(in_beat)]
+                with m.If(loaded == IW - 1):
+                    m.d.sync += [held.eq(in_beat), loaded.eq(loaded + 1)]
+                    m.next = "L_NEXT"
+                with m.Else():
+                    m.d.comb += acc.i.valid.eq(1)
+                    with m.If(acc.i.ready):
+                        m.d.sync += loaded.eq(loaded + 1)
+                        m.next = "L_NEXT"
+            with m.State("L_NEXT"):
+                m.d.comb += self.rd_addr.eq(k)
+                with m.If(k == length):
+                    respond(S["OK"])
+                with m.Else():
+                    m.next = "L_READ"
+
+            # RUN: release the held beat
+            with m.State("R_PUSH"):
+                m.d.comb += [acc.i.valid.eq(1), acc.i.payload.eq(held)]
+                with m.If(acc.i.ready):
+                    m.d.sync += [running.eq(1), loaded.eq(0)]
+                    respond(S["OK"])
+
+            with m.State("PING"):
+                write(wp, rom[k])
+                m.d.sync += [wp.eq(wp + 1), k.eq(k + 1)]
+                with m.If(k == len(desc_bytes) - 1):
+                    respond(S["OK"])
+
+            with m.State("STATUS"):
+                write(wp, status_word.word_select(k[:3], 8))
+                m.d.sync += [wp.eq(wp + 1), k.eq(k + 1)]
+                with m.If(k == 4):
+                    respond(S["OK"])
+
+            # READ_OUTPUT: beats e..last_e, IB bytes each
+            with m.State("O_ADDR"):
+                m.next = "O_BYTES"          # out_rd.data follows e one cycle later
+                m.d.sync += j.eq(0)
+            with m.State("O_BYTES"):
+                write(wp, out_word.word_select(j, 8))
+                m.d.sync += [wp.eq(wp + 1), j.eq(j + 1)]
+                with m.If(j == IB - 1):
+                    m.d.sync += e.eq(e + 1)
+                    with m.If(e == last_e):
+                        respond(S["OK"])
+                    with m.Else():
+                        m.next = "O_ADDR"
+
+            # READ_COUNTERS: words e..last_e, 4 bytes each
+            with m.State("C_WORD"):
+                m.d.sync += [word.eq(counters[e]), j.eq(0)]
+                m.next = "C_BYTES"
+            with m.State("C_BYTES"):
+                write(wp, word[:32].word_select(j[:2], 8))
+                m.d.sync += [wp.eq(wp + 1), j.eq(j + 1)]
+                with m.If(j == 3):
+                    m.d.sync += e.eq(e + 1)
+                    with m.If(e == last_e):
+                        respond(S["OK"])
+                    with m.Else():
+                        m.next = "C_WORD"
+
+            # the response's STATUS and SESSION bytes, then send
+            with m.State("RESP0"):
+                write(0, status)
+                m.d.sync += [last_status.eq(status), resp_len.eq(wp)]
+                m.next = "RESP1"
+            with m.State("RESP1"):
+                write(1, session)
+                m.next = "SEND"
+
+            with m.State("SEND"):
+                m.d.comb += [self.h.valid.eq(1), self.h.payload.cmd.eq(resp_cmd),
+                             self.h.payload.seq.eq(resp_seq),
+                             self.h.payload.length.eq(resp_len),
+                             self.rd_addr.eq(0)]
+                with m.If(self.h.ready):
+                    m.d.sync += k.eq(0)
+                    m.next = "BYTE"
+            with m.State("BYTE"):
+                # rd_data is the byte at k (addressed in the previous cycle)
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(self.rd_data),
+                             self.rd_addr.eq(k)]
+                with m.If(self.tx.ready):
+                    m.d.sync += k.eq(k + 1)
+                    with m.If(k == resp_len - 1):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "NEXT"
+            with m.State("NEXT"):
+                m.d.comb += self.rd_addr.eq(k)
+                m.next = "BYTE"
+            with m.State("DONE"):
+                m.d.comb += self.event.ready.eq(1)
+                m.next = "IDLE"
+        return m
+
+
+class LinkDevice(wiring.Component):
+    """The whole device end: UART pins in and out, the accelerator interface.
+
+    Parameters
+    ----------
+    descriptor : Descriptor
+    divisor : int
+        Clock cycles per UART bit (:func:`~.uart.uart_divisor`), at least 4.
+    gap_bits : int
+        The decoder's gap timeout: bit times of idle line that abort a partial frame
+        (with a *timeout* NAK), at least 20 (two characters).
+    rx_depth : int
+        Characters the RX FIFO holds while the engine is busy, at least 16.  The default,
+        512 (one iCE40 block RAM), covers a whole frame arriving while the longest
+        response is sent.
+
+    Members
+    -------
+    rx : In(1, init=1); tx : Out(1, init=1)
+        The UART pins.
+    accel : In(accelerator_signature(descriptor))
+    accel_reset : Out(1)
+
+    Latency: a response's first bit leaves ``2 + 12 + 2 * LEN + N + 10 * divisor`` cycles
+    or so after the command's last stop bit (see :class:`LinkEngine`).  Throughput: the
+    line rate in both directions.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range.
+    """
+
+    def __init__(self, *, descriptor, divisor, gap_bits=1000, rx_depth=512):
+        self._descriptor = _check_descriptor(descriptor)
+        self._divisor = check_int("UART divisor", divisor, lo=4)
+        self._gap_bits = check_int("Gap timeout", gap_bits, lo=20)
+        self._rx_depth = check_int("RX FIFO depth", rx_depth, lo=16)
+        super().__init__({
+            "rx": In(1, init=1),
+            "tx": Out(1, init=1),
+            "accel": In(accelerator_signature(descriptor)),
+            "accel_reset": Out(1),
+        })
+
+    @property
+    def descriptor(self):
+        return self._descriptor
+
+    @property
+    def divisor(self):
+        return self._divisor
+
+    @property
+    def gap_bits(self):
+        return self._gap_bits
+
+    @property
+    def rx_depth(self):
+        return self._rx_depth
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart_rx = urx = UARTRx(divisor=self._divisor)
+        m.submodules.uart_tx = utx = UARTTx(divisor=self._divisor)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=rx_event_layout.size,
+                                                    depth=self._rx_depth)
+        m.submodules.decoder = dec = FrameDecoder()
+        m.submodules.engine = eng = LinkEngine(descriptor=self._descriptor)
+        m.submodules.encoder = enc = FrameEncoder()
+        buf = m.submodules.buf = memory.Memory(shape=unsigned(8), depth=256, init=[])
+        rd = buf.read_port()
+        wr = buf.write_port()
+
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
+
+        # -- characters and idle-line markers into the FIFO ------------------------------
+        gap_cycles = self._gap_bits * self._divisor
+        idle = Signal(range(gap_cycles + 1))
+        armed = Signal()
+        lost = Signal()
+        entry = Signal(rx_event_layout)
+        push = Signal()
+        m.d.comb += urx.o.ready.eq(1)
+        with m.If(urx.o.valid):
+            m.d.comb += [push.eq(1), entry.data.eq(urx.o.payload.data),
+                         entry.error.eq(urx.o.payload.error | lost)]
+            m.d.sync += [idle.eq(0), armed.eq(1)]
+        with m.Elif(armed):
+            m.d.sync += idle.eq(idle + 1)
+            with m.If(idle == gap_cycles - 1):
+                m.d.comb += [push.eq(1), entry.gap.eq(1)]
+                m.d.sync += armed.eq(0)
+        m.d.comb += [fifo.w_data.eq(entry), fifo.w_en.eq(push)]
+        with m.If(push):
+            with m.If(~fifo.w_rdy):
+                m.d.sync += lost.eq(1)
+            with m.Elif(~entry.gap):
+                m.d.sync += lost.eq(0)
+
+        m.d.comb += [dec.i.valid.eq(fifo.r_rdy), dec.i.payload.eq(fifo.r_data),
+                     fifo.r_en.eq(dec.i.ready)]
+        wiring.connect(m, dec.o, eng.event)
+        m.d.comb += [rd.addr.eq(eng.rd_addr), eng.rd_data.eq(rd.data),
+                     wr.en.eq(dec.wr_en | eng.wr_en),
+                     wr.addr.eq(Mux(eng.wr_en, eng.wr_addr, dec.wr_addr)),
+                     wr.data.eq(Mux(eng.wr_en, eng.wr_data, dec.wr_data))]
+        wiring.connect(m, eng.h, enc.h)
+        wiring.connect(m, eng.tx, enc.i)
+        wiring.connect(m, enc.o, utx.i)
+        wiring.connect(m, wiring.flipped(self.accel), eng.accel)
+        m.d.comb += self.accel_reset.eq(eng.accel_reset)
+        return m
