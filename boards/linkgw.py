@@ -417,6 +417,11 @@ class LinkEngine(wiring.Component):
             m.d.comb += [self.wr_en.eq(1), self.wr_addr.eq(addr), self.wr_data.eq(value)]
 
         m.d.comb += out_rd.addr.eq(e)
+        # payloads are driven in every state (they matter only with valid): no gating logic
+        in_beat = beat[len(beat) - 8 * IB:][:C * aw]
+        release = Signal()
+        m.d.comb += [acc.w.payload.eq(beat[len(beat) - 8 * WB:][:d.weight_beat_bits]),
+                     acc.i.payload.eq(Mux(release, held, in_beat))]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -554,8 +559,7 @@ class LinkEngine(wiring.Component):
                     m.d.sync += j.eq(0)
                     m.next = "W_PUSH"
             with m.State("W_PUSH"):
-                m.d.comb += [self.rd_addr.eq(k), acc.w.valid.eq(1),
-                             acc.w.payload.eq(beat[len(beat) - 8 * WB:][:d.weight_beat_bits])]
+                m.d.comb += [self.rd_addr.eq(k), acc.w.valid.eq(1)]
                 with m.If(acc.w.ready):
                     with m.If(k == length):
                         respond(S["OK"])
@@ -570,8 +574,7 @@ class LinkEngine(wiring.Component):
                     m.d.sync += j.eq(0)
                     m.next = "L_PUSH"
             with m.State("L_PUSH"):
-                in_beat = beat[len(beat) - 8 * IB:][:C * aw]
-                m.d.comb += [self.rd_addr.eq(k), acc.i.payload.eq(in_beat)]
+                m.d.comb += self.rd_addr.eq(k)
                 with m.If(loaded == IW - 1):
                     m.d.sync += [held.eq(in_beat), loaded.eq(loaded + 1)]
                     m.next = "L_NEXT"
@@ -589,7 +592,7 @@ class LinkEngine(wiring.Component):
 
             # RUN: release the held beat
             with m.State("R_PUSH"):
-                m.d.comb += [acc.i.valid.eq(1), acc.i.payload.eq(held)]
+                m.d.comb += [acc.i.valid.eq(1), release.eq(1)]
                 with m.If(acc.i.ready):
                     m.d.sync += [running.eq(1), loaded.eq(0)]
                     respond(S["OK"])

@@ -37,7 +37,8 @@ from .link import (COMMANDS, DONE, FRAME_OVERHEAD, NAK, NAK_REASONS, PAYLOAD_MAX
                    RUNNING, SIDE_EFFECTS, STATUS, BUSY, DecodeError, Descriptor,
                    FrameDecoder, encode_frame, pack_beat, unpack_beat)
 
-__all__ = ["LinkModel", "StandIn", "fold", "Faults", "VirtualSerial", "ModelServer"]
+__all__ = ["LinkModel", "StandIn", "fold", "Faults", "FaultyPort", "VirtualSerial",
+           "ModelServer"]
 
 _C = COMMANDS
 _S = STATUS
@@ -347,15 +348,19 @@ class Faults:
     -------
     applied : collections.Counter
         Actions that happened.
+    starts : list of int
+        Byte index of the start of every frame offered.
     """
 
     def __init__(self, actions=None):
         self.actions = {k: list(v) for k, v in (actions or {}).items()}
         self.index = 0
         self.applied = collections.Counter()
+        self.starts = []
 
     def apply(self, frame, on_reset):
         """The bytes delivered for ``frame``'s bytes (one write, or one response)."""
+        self.starts.append(self.index)
         out = bytearray()
         truncated = False
         for b in frame:
@@ -384,6 +389,46 @@ class Faults:
                     raise ValueError(f"Unknown fault {act!r}")
             out += bytes(deliver)
         return bytes(out)
+
+
+class FaultyPort:
+    """Faults on any pyserial-like port that can reset its device (``reset_device()``,
+    as :class:`~.linksim.SimPort` can): ``to_device`` acts on each ``write`` (a frame),
+    ``to_host`` on each chunk that ``read`` returns (so *truncate* drops the rest of a
+    chunk, and *reset* resets the device and drops the rest of the chunk).  Other
+    attributes are the wrapped port's."""
+
+    def __init__(self, port, *, to_device=None, to_host=None):
+        self.port = port
+        self.to_device = to_device or Faults()
+        self.to_host = to_host or Faults()
+        self.resets = 0
+
+    def __getattr__(self, name):
+        return getattr(self.port, name)
+
+    @property
+    def timeout(self):
+        return self.port.timeout
+
+    @timeout.setter
+    def timeout(self, value):
+        self.port.timeout = value
+
+    def _reset(self, sent, truncate):
+        self.resets += 1
+        if not truncate:
+            self.port.write(bytes(sent))      # what went before the reset, then the reset
+            sent.clear()
+        self.port.reset_device()
+        return truncate
+
+    def write(self, data):
+        data = self.to_device.apply(bytes(data), lambda out: self._reset(out, False))
+        return self.port.write(data)
+
+    def read(self, n=1):
+        return self.to_host.apply(self.port.read(n), lambda out: self._reset(out, True))
 
 
 class VirtualSerial:

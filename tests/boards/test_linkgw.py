@@ -12,7 +12,7 @@ from systolic.boards.link import (COMMANDS, NAK_REASONS, PAYLOAD_MAX, SYNC, Deco
                                   network_hash, pack_beat)
 from systolic.boards.linkgw import (FrameDecoder as GwDecoder, FrameEncoder, LinkDevice,
                                     LinkEngine, accelerator_signature)
-from systolic.boards.linkmodel import LinkModel, StandIn
+from systolic.boards.linkmodel import Faults, FaultyPort, LinkModel, StandIn, VirtualSerial
 from systolic.boards.linksim import SimPort
 from systolic.boards.standin import StandInAccelerator
 from systolic.golden.randnet import random_network
@@ -360,3 +360,36 @@ def test_host_against_gateware(shape):
     assert [counters.cycles, counters.beats, *counters.layer_cycles,
             *counters.saturations] == exp_counters
     assert link.stats["retransmissions"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(8), ids=lambda s: f"seed={s}")
+def test_host_against_gateware_with_faults(seed):
+    """Faults on the line between the host and the gateware (through the UART pins): the
+    transaction recovers, and what arrives equals what was sent."""
+    rng = np.random.default_rng(seed)
+    d = descriptor(**SHAPES["2x3"])
+    batch = rng.integers(-32, 32, (2, d.input_words)).tolist()
+    weights = [(int(rng.integers(0, 2)), int(rng.integers(0, 4)),
+                int(rng.integers(0, 1 << 9))) for _ in range(6)]
+    # the byte streams of a clean transaction (the model's equal the gateware's)
+    probe = {"to_device": Faults(), "to_host": Faults()}
+    model = LinkModel(d, StandIn(d))
+    vport = VirtualSerial(model, **probe)
+    Link(vport, timeout=0.05, clock=vport.clock).infer(batch, weights=weights)
+    actions = {}
+    for direction in ("to_device", "to_host"):
+        kind = ["drop", "flip", "dup", "truncate", "garbage", "reset"][(seed + len(direction))
+                                                                       % 6]
+        act = {"flip": ("flip", 0x10), "garbage": ("garbage", bytes([0xA5, 0x5A, 0x30, 1]))
+               }.get(kind, (kind,))
+        actions[direction] = Faults({int(rng.integers(0, probe[direction].index)): [act]})
+    port = FaultyPort(SimPort(d, divisor=DIVISOR, gap_bits=GAP_BITS), **actions)
+    link = Link(port, timeout=0.005, clock=port.clock)
+    out, counters = link.infer(batch, weights=weights)
+    assert all(sum(f.applied.values()) == 1 for f in actions.values())
+    assert link.stats["retransmissions"] > 0
+    exp_out, exp_counters = StandIn.expected(d, batch, weights=weights)
+    assert out == exp_out
+    assert [counters.cycles, counters.beats, *counters.layer_cycles,
+            *counters.saturations] == exp_counters
