@@ -692,15 +692,20 @@ class Link:
             skipped = dec.skipped
             items = dec.feed(data)
             self.stats["garbage"] += dec.skipped - skipped
-            for k, item in enumerate(items):
+            failure = None
+            for item in items:
+                # the response wins over a NAK or bad frame that arrived with it
                 if isinstance(item, DecodeError):
-                    return "bad", item.reason
-                if item.cmd == NAK:
+                    failure = failure or ("bad", item.reason)
+                elif item.cmd == NAK:
                     reason = item.payload[0] if len(item.payload) == 1 else None
-                    return "nak", _NAK_NAMES.get(reason, reason)
-                if item.cmd == RESPONSE | cmd and item.seq == seq and len(item.payload) >= 2:
+                    failure = failure or ("nak", _NAK_NAMES.get(reason, reason))
+                elif item.cmd == RESPONSE | cmd and item.seq == seq and len(item.payload) >= 2:
                     return "ok", item
-                self.stats["stale"] += 1
+                else:
+                    self.stats["stale"] += 1
+            if failure is not None:
+                return failure
 
     def command(self, name, payload=b""):
         """Send command ``name`` (a key of :data:`COMMANDS`) with ``payload``; retransmit

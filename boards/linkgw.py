@@ -13,8 +13,9 @@ reference this gateware is compared to, byte for byte.  The pieces::
 
 * The **gap marker** puts a marker into the RX FIFO when the line has been idle for
   ``gap_bits`` bit times after a character, so the decoder sees the gap in order with
-  the bytes even when it is busy.  When the FIFO is full a character is lost, and the
-  next one that fits is flagged as an error (the frame it belongs to gets an *rx* NAK).
+  the bytes even when it is busy.  When the FIFO is full a character (or marker) is
+  lost; a *lost* marker follows as soon as there is room (or the next character carries
+  the error), so the frame it belonged to gets an *rx* NAK.
 * The **decoder** writes a frame's payload into the frame buffer and presents an
   *event* (a good frame's header, or an error reason) until the engine has finished
   with it, so the buffer is never overwritten while in use; bytes arriving meanwhile
@@ -49,7 +50,8 @@ __all__ = ["accelerator_signature", "connect_accelerator", "rx_event_layout",
            "LinkDevice"]
 
 #: An entry of the RX FIFO: a character (``error``: framing error, or characters lost
-#: before it) or, with ``gap`` set, the idle-line marker.
+#: before it), or with ``gap`` set a marker: the idle line (``error`` clear) or lost
+#: characters (``error`` set).
 rx_event_layout = data.StructLayout({"data": 8, "error": 1, "gap": 1})
 #: The decoder's output: a good frame's header (``reason`` 0) or an error (the NAK reason).
 event_layout = data.StructLayout({"reason": 8, "cmd": 8, "seq": 8, "length": 8})
@@ -162,8 +164,8 @@ class FrameDecoder(wiring.Component):
                 with m.State(name):
                     with m.If(take & (self.i.payload.gap | self.i.payload.error)):
                         if name in in_frame:
-                            event(Mux(self.i.payload.gap, NAK_REASONS["timeout"],
-                                      NAK_REASONS["rx"]))
+                            event(Mux(self.i.payload.error, NAK_REASONS["rx"],
+                                      NAK_REASONS["timeout"]))
                         m.next = "HUNT"
                     with m.Elif(take):
                         if name == "HUNT":
@@ -757,21 +759,22 @@ class LinkDevice(wiring.Component):
         entry = Signal(rx_event_layout)
         push = Signal()
         m.d.comb += urx.o.ready.eq(1)
+        with m.If(armed & ~urx.o.valid):
+            m.d.sync += idle.eq(idle + 1)
         with m.If(urx.o.valid):
+            # a character; if characters were lost just before it, it carries the error
             m.d.comb += [push.eq(1), entry.data.eq(urx.o.payload.data),
                          entry.error.eq(urx.o.payload.error | lost)]
             m.d.sync += [idle.eq(0), armed.eq(1)]
-        with m.Elif(armed):
-            m.d.sync += idle.eq(idle + 1)
-            with m.If(idle == gap_cycles - 1):
-                m.d.comb += [push.eq(1), entry.gap.eq(1)]
-                m.d.sync += armed.eq(0)
+        with m.Elif(lost & fifo.w_rdy):
+            # characters were lost: say so as soon as there is room (error and gap both set)
+            m.d.comb += [push.eq(1), entry.error.eq(1), entry.gap.eq(1)]
+        with m.Elif(armed & (idle >= gap_cycles - 1)):
+            m.d.comb += [push.eq(1), entry.gap.eq(1)]
+            m.d.sync += armed.eq(0)
         m.d.comb += [fifo.w_data.eq(entry), fifo.w_en.eq(push)]
         with m.If(push):
-            with m.If(~fifo.w_rdy):
-                m.d.sync += lost.eq(1)
-            with m.Elif(~entry.gap):
-                m.d.sync += lost.eq(0)
+            m.d.sync += lost.eq(~fifo.w_rdy)
 
         m.d.comb += [dec.i.valid.eq(fifo.r_rdy), dec.i.payload.eq(fifo.r_data),
                      fifo.r_en.eq(dec.i.ready)]

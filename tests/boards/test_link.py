@@ -422,3 +422,71 @@ def test_device_reset_is_detected_and_infer_restarts():
     out, counters = link.infer(batch)
     assert out == StandIn.expected(d, batch)[0]
     assert model.session == 3                # tokens 1 (above), 2 (interrupted), 3
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda l: l.set_registers(rounding=(0, 1, 2)), ValueError,
+     r"Rounding must give 2 modes, not 3"),
+    (lambda l: l.set_registers(rounding=3), ValueError,
+     r"Rounding mode must be between 0 and 2, not 3"),
+    (lambda l: l.set_registers(images=3), ValueError, r"Images must be between 0 and 2, not 3"),
+    (lambda l: l.set_registers(seed=1 << 32), ValueError,
+     r"Seed must be between 0 and 4294967295"),
+    (lambda l: l.load_input([[0] * 3] * 3), ValueError,
+     r"Input batch must be at most 2 rows of 3 values"),
+    (lambda l: l.load_input([[0, 0]]), ValueError,
+     r"Input batch must be at most 2 rows of 3 values"),
+    (lambda l: l.load_input([[0, 0, 128]]), ValueError, r"Input values must fit 8 signed bits"),
+    (lambda l: l.write_weights([(0, 4, 0)]), ValueError,
+     r"Weight beat \(0, 4, 0\) does not fit the w stream \(addr 2 bits, data 9 bits\)"),
+    (lambda l: l.write_weights([{"bias": 2, "addr": 0, "data": 0}]), ValueError,
+     r"does not fit the w stream"),
+    (lambda l: l.reset(token=0), TypeError, r"Session token must be a positive integer, not 0"),
+    (lambda l: l.infer([[1, 2, 3]], attempts=0), TypeError,
+     r"Attempts must be a positive integer, not 0"),
+    (lambda l: l.wait(), LinkError, r"Device is not running and holds no output: RUN first"),
+])
+def test_host_rejects(call, error, match):
+    link, model, _ = virtual(descriptor(**SHAPES["2x3"]))
+    with pytest.raises(error, match=match):
+        call(link)
+    assert model.device.inputs == [] and model.loaded == 0
+
+
+@pytest.mark.parametrize("command, call, match", [
+    ("STATUS", lambda l: l.status(), r"STATUS answer of 6 bytes is malformed"),
+    ("READ_OUTPUT", lambda l: l.read_output(), r"READ_OUTPUT answer of 5 bytes, expected 4"),
+    ("READ_COUNTERS", lambda l: l.read_counters(),
+     r"READ_COUNTERS answer of 25 bytes, expected 24"),
+])
+def test_host_rejects_malformed_answers(command, call, match):
+    """A device that answers with the wrong amount of data (a bug, not a line fault, since
+    the CRC was good) is reported, not trusted."""
+    d = descriptor(**SHAPES["2x3"])
+    link, model, _ = virtual(d)
+    real = model._execute
+
+    def padded(cmd, p):
+        status, data = real(cmd, p)
+        return status, data + (b"\x00" if cmd == COMMANDS[command] else b"")
+
+    model._execute = padded
+    link.reset()
+    link.load_input([[1, 2, 3]])
+    link.run()
+    with pytest.raises(LinkError, match=match):
+        call(link)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda d: StandIn(d.to_bytes()), TypeError, r"Descriptor must be a Descriptor, not b'"),
+    (lambda d: LinkModel(None, StandIn(d)), TypeError,
+     r"Descriptor must be a Descriptor, not None"),
+    (lambda d: Faults({0: [("melt",)]}).apply(b"x", None), ValueError,
+     r"Unknown fault \('melt',\)"),
+    (lambda d: VirtualSerial(LinkModel(d, StandIn(d))).read(1), ValueError,
+     r"VirtualSerial needs a timeout \(reads would never end\)"),
+])
+def test_model_rejects(make, error, match):
+    with pytest.raises(error, match=match):
+        make(descriptor())

@@ -393,3 +393,30 @@ def test_host_against_gateware_with_faults(seed):
     assert out == exp_out
     assert [counters.cycles, counters.beats, *counters.layer_cycles,
             *counters.saturations] == exp_counters
+
+
+def test_rx_overflow_is_flagged_and_recovered():
+    """A tiny RX FIFO (16) and a burst of 8 PINGs while the device answers: characters are
+    lost, the frames they belong to are NAKed or never complete, nothing is answered
+    wrongly, and the device then answers a clean PING."""
+    d = descriptor(**SHAPES["2x3"])
+    port = SimPort(d, divisor=DIVISOR, gap_bits=GAP_BITS, rx_depth=16)
+    port.write(b"".join(encode_frame(C_["PING"], s) for s in range(8)))
+    port.settle(GAP_BITS * DIVISOR + 200)
+    items = FrameDecoder().feed(port.take())
+    answers = [i for i in items if i.cmd != 0]
+    naks = [i.payload[0] for i in items if i.cmd == 0]
+    assert all(isinstance(i, Frame) for i in items)            # well-formed, every one
+    assert 1 <= len(answers) < 8 and NAK_REASONS["rx"] in naks
+    ping = bytes([0, 0]) + d.to_bytes()           # OK, session 0
+    assert all(a.cmd == 0x81 and a.payload == ping for a in answers)
+    port.write(encode_frame(C_["PING"], 99))
+    port.settle(GAP_BITS * DIVISOR + 200)
+    assert FrameDecoder().feed(port.take()) == [Frame(0x81, 99, ping)]
+
+
+def test_simport_needs_a_timeout():
+    port = SimPort(descriptor())
+    port.idle(1e-5)
+    with pytest.raises(ValueError, match=r"SimPort needs a timeout \(reads would never end\)"):
+        port.read(1)
