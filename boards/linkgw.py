@@ -319,10 +319,11 @@ class LinkEngine(wiring.Component):
     accel_reset : Out(1)
         One-cycle pulse on RESET, for a ``ResetInserter`` around the accelerator.
 
-    Latency: the response header is offered ``12 + 2 * LEN + N`` cycles after the event
-    at most (``N``: data bytes of the response; plus any back-pressure of ``accel.i`` and
-    ``accel.w``), and each response byte takes 2 cycles.  Output beats are taken from
-    ``accel.o`` in every cycle (``o.ready`` is always 1).
+    Latency: the response header is offered at most ``12 + 2 * LEN + 2 * N`` cycles after
+    the event (``LEN``: the command's payload bytes, ``N``: the response's data bytes;
+    plus any back-pressure of ``accel.i`` and ``accel.w``).  Throughput: one response
+    byte per 2 cycles to the encoder (the UART takes ``10 * divisor + 1``).  Output beats
+    are taken from ``accel.o`` in every cycle (``o.ready`` is always 1).
     """
 
     def __init__(self, *, descriptor):
@@ -698,9 +699,10 @@ class LinkDevice(wiring.Component):
     accel : In(accelerator_signature(descriptor))
     accel_reset : Out(1)
 
-    Latency: a response's first bit leaves ``2 + 12 + 2 * LEN + N + 10 * divisor`` cycles
-    or so after the command's last stop bit (see :class:`LinkEngine`).  Throughput: the
-    line rate in both directions.
+    Latency: a response's start bit leaves about ``20 + 2 * LEN + 2 * N`` cycles after the
+    middle of the command's last stop bit (synchronizer, FIFO, decoder and
+    :class:`LinkEngine`), when the device is idle.  Throughput: the line rate in both
+    directions; the RX FIFO absorbs commands that arrive while a response is sent.
 
     Raises
     ------

@@ -50,6 +50,10 @@ class StandInAccelerator(wiring.Component):
         self._descriptor = _check_descriptor(descriptor)
         super().__init__(accelerator_signature(descriptor))
 
+    @property
+    def descriptor(self):
+        return self._descriptor
+
     def elaborate(self, platform):
         m = Module()
         d = self._descriptor

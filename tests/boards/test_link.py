@@ -9,7 +9,7 @@ import serial
 from amaranth.lib import crc
 from hypothesis import given, settings, strategies as st
 
-from systolic.boards.link import (COMMANDS, NAK, PAYLOAD_MAX, RESPONSE, SYNC, DecodeError,
+from systolic.boards.link import (COMMANDS, PAYLOAD_MAX, RESPONSE, SYNC, DecodeError,
                                   Descriptor, DeviceError, DeviceResetError, Frame,
                                   FrameDecoder, Link, LinkError, LinkTimeoutError, crc16,
                                   encode_frame, network_hash, pack_beat, unpack_beat)
@@ -107,7 +107,6 @@ def test_frame_after_garbage_without_sync(garbage, syncs, payload):
 
 def test_every_single_byte_corruption_is_detected():
     frame = encode_frame(COMMANDS["WRITE_WEIGHTS"], 77, bytes(range(40)))
-    good = Frame(COMMANDS["WRITE_WEIGHTS"], 77, bytes(range(40)))
     cases = 0
     for pos in range(len(frame)):
         for mask in range(1, 256):

@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 
 from systolic.boards.link import (COMMANDS, NAK_REASONS, PAYLOAD_MAX, SYNC, DecodeError,
                                   Descriptor, Frame, FrameDecoder, Link, encode_frame,
-                                  network_hash, pack_beat)
+                                  network_hash)
 from systolic.boards.linkgw import (FrameDecoder as GwDecoder, FrameEncoder, LinkDevice,
                                     LinkEngine, accelerator_signature)
 from systolic.boards.linkmodel import Faults, FaultyPort, LinkModel, StandIn, VirtualSerial
