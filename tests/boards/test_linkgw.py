@@ -3,6 +3,8 @@
 the whole device against the Python model byte for byte (faults included), and the host
 against the gateware through the UART pins."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
@@ -420,3 +422,46 @@ def test_simport_needs_a_timeout():
     port.idle(1e-5)
     with pytest.raises(ValueError, match=r"SimPort needs a timeout \(reads would never end\)"):
         port.read(1)
+
+
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow),
+                                  pytest.param(2, marks=pytest.mark.slow)],
+                         ids=lambda s: f"seed={s}")
+def test_host_against_gateware_and_real_accelerator(seed):
+    """The link wired to a real Accelerator (random tiny network): the host's outputs and
+    counters equal the golden model's, with run-time rounding, seed and a weight rewrite."""
+    from systolic.golden.randnet import random_input
+    from systolic.golden.rounding import ROUNDING_MODES
+    from systolic.golden.run import run
+    from systolic.rtl.accelerator import weight_beats
+    from systolic.rtl.requant import MODE
+
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=2, max_size=5, max_channels=3)
+    program = compile_network(net, ArrayConfig(rows=2, cols=2))
+    d = Descriptor.from_program(program)
+    port = SimPort(d, divisor=DIVISOR, gap_bits=GAP_BITS,
+                   accelerator=lambda _: Accelerator(program))
+    link = Link(port, timeout=0.05, clock=port.clock)
+    x = random_input(rng, net, 2)
+    modes = [str(rng.choice(ROUNDING_MODES)) for _ in net.layers]
+    sr_seed = int(rng.integers(0, 1 << 32))
+    # new weights and biases of the same topology and formats, loaded at run time
+    def redraw(layer):
+        if getattr(layer, "weight", None) is None:
+            return layer
+        f, bf = layer.weight_format, layer.bias_format
+        bias = None if layer.bias is None else rng.integers(bf.min, bf.max + 1,
+                                                            layer.bias.shape)
+        return replace(layer, weight=rng.integers(f.min, f.max + 1, layer.weight.shape),
+                       bias=bias)
+
+    other = replace(net, layers=[redraw(layer) for layer in net.layers])
+    assert not np.array_equal(other.layers[0].weight, net.layers[0].weight)
+    beats = weight_beats(program, other)
+    out, counters = link.infer(x.reshape(2, -1).tolist(), weights=beats,
+                               rounding=[MODE[m] for m in modes], seed=sr_seed)
+    want = run(other, x, rounding=modes, seed=sr_seed)
+    assert np.array_equal(np.array(out), want.logits)
+    assert list(counters.saturations) == want.saturations
+    assert counters.cycles == program.cycles
