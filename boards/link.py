@@ -37,7 +37,9 @@ Decoding (device and host alike; the decoder is :class:`FrameDecoder`):
   receive overflow) inside a frame is an *rx* error.  An idle line for the gap timeout
   inside a frame (after SYNC1) is a *timeout* error.  Every error returns the decoder to
   hunting at the next byte; a byte with a UART error while hunting is skipped.
-* The device answers each error with a NAK (below); the host retransmits.
+* The device answers each error with a NAK (below).  The host retransmits its command
+  after a NAK, a corrupted response or its response timeout (its decoder has no gap
+  timer: the timeout abandons a partial frame).
 
 Responses
 ---------
@@ -49,7 +51,8 @@ decoder error with one NAK frame, in the order they occurred:
   :data:`STATUS` (0 = OK; data follows only with OK); ``SESSION`` is the token of the
   last RESET command (0 after power-up), so that the host notices a device that was
   reset under it.
-* **NAK**: ``CMD = 0x00, SEQ = 0``, payload ``REASON`` (:data:`NAK_REASONS`).
+* **NAK**: ``CMD = 0x00, SEQ = 0``, payload ``REASON`` (:data:`NAK_REASONS`: 1 crc,
+  2 length, 3 timeout, 4 rx).
 
 Commands
 --------
