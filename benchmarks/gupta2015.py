@@ -105,11 +105,12 @@ def _label(mode, frac):
     return f"{'stochastic' if mode == 'stochastic' else 'nearest-even'} <16,{frac}>"
 
 
-def _fmt_pct(values):
+def _fmt_pct(values, sign=False):
     values = 100 * np.asarray(values)
+    mean = f"{values.mean():+.2f}" if sign else f"{values.mean():.2f}"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+        return mean
+    return f"{mean} ± {values.std(ddof=1):.2f}"
 
 
 def summarize(records):
@@ -120,7 +121,7 @@ def summarize(records):
     return groups
 
 
-def table(records, seconds):
+def table(records):
     groups = summarize(records)
     seeds = sorted({r["seed"] for r in records})
     lines = []
@@ -135,25 +136,40 @@ def table(records, seconds):
                      + f", {len(seeds)} seeds ({', '.join(map(str, seeds))})")
         lines.append("")
         lines.append("| arithmetic | test error % (final epoch) | min..max % | "
-                     "initial % | updates rounded to zero (last epoch) |")
-        lines.append("|---|---|---|---|---|")
+                     "minus float32, same seed (points) | training loss (last epoch) | "
+                     "updates rounded to zero (last epoch) |")
+        lines.append("|---|---|---|---|---|---|")
+        base = {r["seed"]: r["history"][-1]["test_error"]
+                for r in groups.get((net, "float32", None), [])}
         for mode, frac in settings():
             runs = groups.get((net, mode, None if mode == "float32" else frac))
             if not runs:
                 continue
             final = [r["history"][-1]["test_error"] for r in runs]
-            initial = [r["history"][0]["test_error"] for r in runs]
+            paired = [r["history"][-1]["test_error"] - base[r["seed"]] for r in runs
+                      if r["seed"] in base]
             vanished = [r["history"][-1]["vanished"] for r in runs]
             van = ("-" if mode == "float32" else
                    f"{100 * float(np.mean(vanished)):.1f}%")
+            diff = "-" if mode == "float32" or not paired else _fmt_pct(paired, sign=True)
+            loss = float(np.mean([r["history"][-1]["loss"] for r in runs]))
             lines.append(f"| {_label(mode, frac)} | {_fmt_pct(final)} | "
-                         f"{100 * min(final):.1f}..{100 * max(final):.1f} | "
-                         f"{100 * float(np.mean(initial)):.1f} | {van} |")
+                         f"{100 * min(final):.1f}..{100 * max(final):.1f} | {diff} | "
+                         f"{loss:.3f} | {van} |")
         lines.append("")
+    train_seconds = sum(r["history"][-1]["seconds"] for r in records)
     lines.append(f"Test error: mean ± sample standard deviation over the seeds, on the 1,000 "
                  f"held-out images, computed by the golden model on the exported network "
-                 f"(float32: the float network in float32). {len(records)} runs, "
-                 f"{seconds / 60:.0f} min of wall time for the runs not cached.")
+                 f"(float32: the float network in float32). A seed fixes the initial "
+                 f"weights and the batches, so the difference to float32 is taken seed by "
+                 f"seed. Training loss: mean cross-entropy over the last epoch's batches "
+                 f"(from the fixed-point logits), mean over the seeds. Updates rounded to "
+                 f"zero: of the weight and bias updates that were "
+                 f"not zero before rounding, the share that rounded to zero (stochastic "
+                 f"rounding zeroes many too, but with the probability that keeps the mean "
+                 f"update exact). {len(records)} runs, "
+                 f"{train_seconds / 60:.0f} min of training summed over the runs "
+                 f"(one core each).")
     return "\n".join(lines)
 
 
@@ -161,6 +177,7 @@ def plot(records, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     groups = summarize(records)
     nets = [n for n in NETWORKS if any(k[0] == n for k in groups)]
@@ -175,14 +192,19 @@ def plot(records, path):
             epochs = np.arange(err.shape[1])
             color = "black" if mode == "float32" else colors[frac]
             style = {"float32": "-", "stochastic": "-", "nearest_even": "--"}[mode]
+            # float32 on top, thin, so the stochastic curves under it stay visible.
             ax.plot(epochs, err.mean(axis=0), style, color=color, label=_label(mode, frac),
-                    linewidth=1.8 if mode != "nearest_even" else 1.4)
+                    linewidth={"float32": 1.2, "stochastic": 2.0, "nearest_even": 1.4}[mode],
+                    zorder=3 if mode == "float32" else 2)
             if len(runs) > 1:
                 ax.fill_between(epochs, err.min(axis=0), err.max(axis=0), color=color,
                                 alpha=0.12, linewidth=0)
         ax.set_yscale("log")
         ax.set_ylim(1, 100)
-        ax.set_xlabel("epoch (40 SGD steps of 100 images)")
+        cfg = next(r for r in records if r["net"] == net)["config"]
+        steps = -(-(cfg["train_images"] or 4000) // cfg["batch_size"])
+        ax.set_xlabel(f"epoch ({steps} SGD steps of {cfg['batch_size']} images)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("test error on 1,000 held-out images (%)")
         ax.set_title(f"{NAMES[net]}, WL = 16")
         ax.grid(True, which="both", alpha=0.3)
@@ -242,8 +264,8 @@ def main(argv=None):
                   f"test error {100 * final['test_error']:5.2f}%  "
                   f"({final['seconds']:.0f} s; {time.perf_counter() - start:.0f} s elapsed)",
                   flush=True)
-    seconds = time.perf_counter() - start
-    text = table(records, seconds)
+    print(f"gupta2015: runs done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    text = table(records)
     print(text)
     plot(records, args.plot)
     print(f"wrote {args.plot}")
