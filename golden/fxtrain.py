@@ -43,28 +43,31 @@ Stochastic-rounding keys
 ------------------------
 Every rounding draws its offset ``r = H(seed, layer, i)`` truncated to the shift
 (:func:`.srgen.rounding_offsets`), with these keys (``cfg.seed`` is the run's seed, ``t``
-the 0-based training step, ``L`` the number of layers):
+the 0-based training step; tensor ``k`` is the output of layer ``k - 1``, and tensor ``L``,
+for ``L`` layers, holds the logits):
 
-=====================================  =========================  =======================
-rounded tensor                          ``seed``                   ``layer``, ``i``
-=====================================  =========================  =======================
-step seed ``s_t``                       ``H(cfg.seed, 0xFFFF, t)``  (a derived key)
-output of layer ``j`` (forward)         ``s_t``                    ``j``; flat (C, H, W)
-                                                                   index in one image
-gradient of tensor ``k`` (``k = L``:    ``s_t``                    ``0x4000 + k``; flat
-the logits)                                                        (N, C, H, W) index
-update of layer ``j``'s weight          ``s_t``                    ``0x8000 + j``; flat
-                                                                   index in the weight
-update of layer ``j``'s bias            ``s_t``                    ``0xC000 + j``; channel
-=====================================  =========================  =======================
+====================================  ==========================  =======================
+rounded tensor                        ``seed``                    ``layer``, ``i``
+====================================  ==========================  =======================
+(step seed ``s_t`` itself)            ``H(cfg.seed, 0xFFFF, t)``  (a derived key)
+output of layer ``j`` (forward)       ``s_t``                     ``j``; flat (C, H, W)
+                                                                  index in one image
+gradient of tensor ``k``              ``s_t``                     ``0x4000 + k``; flat
+                                                                  (N, C, H, W) index
+update of layer ``j``'s weight        ``s_t``                     ``0x8000 + j``; flat
+                                                                  index in the weight
+update of layer ``j``'s bias          ``s_t``                     ``0xC000 + j``; channel
+====================================  ==========================  =======================
 
 The forward keys are exactly those of the hardware and of :func:`.run.run` (DESIGN.md
 section 3): during step ``t`` the network computes what ``run(export(state), x,
 seed=s_t)`` computes, and after training the exported :class:`~.ir.QNetwork` (its seed is
 ``cfg.seed``) runs on the accelerator with the same rounding it was trained with.
-``H(seed, layer, .)`` is a permutation of the 32-bit counter, so the step seeds of distinct
-steps differ, and within a step every (tensor, element) pair has its own counter value.
-Layers are limited to ``0x4000`` (keys would collide beyond).
+As in the hardware, the forward offsets depend on the element's index within one image, so
+the images of a batch share them.  ``H(seed, layer, .)`` is a permutation of the 32-bit
+counter, so the step seeds of distinct steps differ, and within a step every other
+rounded element has its own ``(layer, i)`` pair.  A network has fewer than ``0x4000``
+layers (keys would collide beyond).
 
 The command line is ``systolic train`` (``systolic/cli.py``); the experiment that
 reproduces the paper is ``benchmarks/gupta2015.py``.
@@ -94,7 +97,7 @@ __all__ = [
 #: Training arithmetics: the float32 baseline and the two fixed-point rounding modes.
 MODES = ("float32", "nearest_even", "stochastic")
 
-#: The networks of Gupta et al. (2015), section 4.1, in :mod:`.train`'s layer notation.
+#: The MNIST networks of Gupta et al. (2015) (see docs/gupta2015.md), in :mod:`.train`'s notation.
 #: Any name of :data:`.train.ARCHITECTURES` (``lenet5``, ``mnist-tiny``) is accepted too.
 ARCHITECTURES = {
     # Fully connected: 784-1000-1000-10, ReLU hidden units.  1,794,000 MACs.
