@@ -240,6 +240,122 @@ def cmd_train(args):
     return 0
 
 
+def cmd_sim(args):
+    from systolic.golden import models
+    from systolic.golden.datasets import mnist
+    from systolic.golden.ir import QNetwork
+    from systolic.rtl.compiler import ArrayConfig, compile_network
+    from systolic.sim.accel import simulate
+    net = models.load(args.network)
+    if not isinstance(net, QNetwork):
+        raise SystemExit(f"systolic: error: {args.network} is a float network; "
+                         f"quantize it first (systolic quantize)")
+    try:
+        config = ArrayConfig.parse_shape(args.array, dataflow=args.dataflow,
+                                         multiplier=args.multiplier)
+    except TypeError as exc:        # "Array rows must be a positive integer, not 0"
+        raise ValueError(str(exc)) from None
+    images, labels = mnist("holdout")
+    if not 1 <= args.images <= len(images):
+        raise SystemExit(f"systolic: error: --images must be between 1 and {len(images)} "
+                         f"(the held-out MNIST images), not {args.images}")
+    images, labels = images[:args.images], labels[:args.images]
+    program = compile_network(net, config)
+    x = models.mnist_input(net, images)
+    R, C = config.rows, config.cols
+    batches = -(-len(x) // C)
+    name = net.name or args.network
+    print(f"systolic sim {name}: {R}x{C} array ({config.dataflow}, {config.multiplier} "
+          f"multipliers), {args.simulator}; {len(x)} held-out MNIST images in {batches} "
+          f"batch{'es' if batches > 1 else ''} of {C}; generating and building "
+          f"(builds are cached)...", flush=True)
+    start = time.perf_counter()
+    result = simulate(program, x, rounding=args.rounding, seed=args.seed,
+                      simulator=args.simulator, waves=args.waves, check_layers=args.layers,
+                      progress=_SimProgress(len(x), C))
+    elapsed = time.perf_counter() - start
+
+    golden_pred = result.expected.argmax(axis=1)
+    accuracy, golden_acc = result.accuracy(labels), float(np.mean(golden_pred == labels))
+    what = "outputs and every stored layer tensor" if args.layers else "outputs"
+    per_batch = result.batches[0].cycles
+    print(f"accuracy:          {100 * accuracy:.2f}% ({int(round(accuracy * len(x)))}/"
+          f"{len(x)} labels; golden model {100 * golden_acc:.2f}%)")
+    print(f"bit-exact:         {result.bit_exact}/{len(x)} images ({what})")
+    print(f"cycles per image:  {result.cycles_per_image:.1f} measured, "
+          f"{program.cycles_per_image:.1f} predicted ({per_batch} per batch of {C})")
+    exact = "exact" if result.cycles_exact else "DIFFERENT"
+    print(f"cycles:            {result.measured_cycles} measured, "
+          f"{result.predicted_cycles} predicted ({len(result.batches)} batches): {exact}")
+    print(f"utilization:       {100 * result.utilization:.1f}% = ({net.macs:,} MACs / "
+          f"{R * C} PEs) / {result.cycles_per_image:.1f} cycles per image")
+    sim_cycles = sum(b.sim_cycles for b in result.batches)
+    sim_wall = sum(b.wall_seconds for b in result.batches)
+    print(f"simulation:        {elapsed:.1f} s in all ({'built' if result.built else 'cached'}"
+          f" model, build {result.build_seconds:.1f} s); batches {sim_wall:.2f} s, "
+          f"{sim_cycles / max(sim_wall, 1e-9):,.0f} cycles/s")
+    _print_layers(program, result)
+    if result.waves is not None:
+        print(f"waves: {result.waves}")
+    print(f"run folder: {result.run_dir}")
+    if result.ok:
+        return 0
+    for m in result.mismatches[:5]:
+        print(f"systolic: error: mismatch: {m}", file=sys.stderr)
+    if result.mismatch_count:
+        print(f"systolic: error: {result.mismatch_count} elements differ from the golden "
+              f"model", file=sys.stderr)
+    for c in result.counter_mismatches[:5]:
+        print(f"systolic: error: {c}", file=sys.stderr)
+    return 1
+
+
+class _SimProgress:
+    """Progress bar of `systolic sim` on stderr: redrawn on a terminal, a line per batch
+    otherwise."""
+
+    def __init__(self, images, lanes):
+        self.images, self.lanes = images, lanes
+        self.tty = sys.stderr.isatty()
+        self.start = time.perf_counter()
+
+    def __call__(self, done, total, info):
+        width = 30
+        filled = width * done // total
+        images = min(done * self.lanes, self.images)
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] batch {done}/{total}, "
+                f"{images}/{self.images} images, {info['cycles']} cycles, "
+                f"{time.perf_counter() - self.start:.1f} s")
+        if self.tty:
+            print("\r" + line, end="\n" if done == total else "", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _print_layers(program, result):
+    """Per step: MACs, measured and predicted cycles, utilization and the lost cycles."""
+    R, C = program.config.rows, program.config.cols
+    measured = result.batches[0].layer_cycles
+    print("per layer (cycles of one batch; lost cycles as the compiler accounts them):")
+    head = (f"  {'layer':<20} {'MACs/image':>10} {'cycles':>8} {'predicted':>9} "
+            f"{'util':>6} {'padding':>8} {'tile stalls':>11} {'fill/drain':>10} "
+            f"{'non-matrix':>10}")
+    print(head)
+    for step, report in zip(program.steps, program.layer_report()):
+        op = step.op + ("+maxpool" if step.fused_pool else "")
+        cycles = measured[step.layer]
+        util = step.macs / R / cycles if cycles else 0.0
+        cells = [report.get(k) for k in ("padding", "tile_stalls", "fill_drain",
+                                         "non_matrix")]
+        cells = ["-" if v is None else f"{v:,.0f}" for v in cells]
+        print(f"  {step.layer:>2} {op:<17} {step.macs:>10,} {cycles:>8,} {step.cycles:>9,} "
+              f"{100 * util:>5.1f}% {cells[0]:>8} {cells[1]:>11} {cells[2]:>10} "
+              f"{cells[3]:>10}")
+    total = sum(measured)
+    print(f"  {'total':<20} {program.network.macs:>10,} {total:>8,} {program.cycles:>9,} "
+          f"{100 * program.network.macs / R / total if total else 0:>5.1f}%")
+
+
 def _parser():
     p = argparse.ArgumentParser(
         prog="systolic",
@@ -314,6 +430,30 @@ def _parser():
                    help="write the trained network here (a quantized network file, or a "
                         "float one for float32)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sim", help="run the accelerator's RTL under cocotb on held-out MNIST "
+                                   "images, bit-exact against the golden model")
+    s.add_argument("network", help="reference network name (lenet5, mnist-tiny) or a "
+                                   "quantized network file")
+    s.add_argument("--images", type=int, default=100,
+                   help="number of held-out images (default 100, maximum 1000)")
+    s.add_argument("--array", default="8x8", help="PE rows x columns (default 8x8); the "
+                                                  "columns are the batch")
+    s.add_argument("--dataflow", default="os", choices=("os", "ws"),
+                   help="output-stationary (os, default) or weight-stationary (ws)")
+    s.add_argument("--multiplier", default="inferred",
+                   help="inferred (default), lut or sb_mac16")
+    s.add_argument("--simulator", default="verilator", choices=("verilator", "icarus"))
+    s.add_argument("--waves", action="store_true", help="record FST waves")
+    s.add_argument("--rounding", default=None,
+                   choices=("floor", "nearest_even", "stochastic"),
+                   help="override every layer's rounding mode (a run-time register)")
+    s.add_argument("--seed", type=int, default=None,
+                   help="stochastic-rounding seed (a run-time register; default the "
+                        "network's)")
+    s.add_argument("--layers", action="store_true",
+                   help="also compare every stored layer tensor with the golden model")
+    s.set_defaults(func=cmd_sim)
 
     s = sub.add_parser("demo", help="the main job on the default network and board")
     s.add_argument("--network", default="mnist-tiny")
