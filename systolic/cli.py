@@ -285,8 +285,9 @@ def cmd_sim(args):
     print(f"cycles per image:  {result.cycles_per_image:.1f} measured, "
           f"{program.cycles_per_image:.1f} predicted ({per_batch} per batch of {C})")
     exact = "exact" if result.cycles_exact else "DIFFERENT"
+    n = len(result.batches)
     print(f"cycles:            {result.measured_cycles} measured, "
-          f"{result.predicted_cycles} predicted ({len(result.batches)} batches): {exact}")
+          f"{result.predicted_cycles} predicted ({n} batch{'es' if n > 1 else ''}): {exact}")
     print(f"utilization:       {100 * result.utilization:.1f}% = ({net.macs:,} MACs / "
           f"{R * C} PEs) / {result.cycles_per_image:.1f} cycles per image")
     sim_cycles = sum(b.sim_cycles for b in result.batches)

@@ -92,6 +92,10 @@ def test_zoo_network_real_images(name, shape, layers):
 
 #: Random networks: the seed drives the network, the array shape, pool fusion and inputs.
 RANDOM_SEEDS = list(range(24))
+#: The random networks are small and run a few thousand cycles: their models are compiled
+#: without C++ optimization (-O0), which halves a build's time (the zoo networks and
+#: `systolic sim` use Verilator's default -Os).
+RANDOM_BUILD = ("-CFLAGS", "-O0")
 
 
 def random_case(seed):
@@ -141,7 +145,7 @@ def test_random_network(seed):
     program = compile_network(net, config)
     print(f"random network seed={seed}: {config.rows}x{config.cols}, "
           f"{[layer.kind for layer in net.layers]}")
-    result = simulate(program, x, check_layers=True)
+    result = simulate(program, x, check_layers=True, build_args=RANDOM_BUILD)
     check(result, layers=True)
     assert result.golden.saturations == [sum(b.saturations[j] for b in result.batches)
                                          for j in range(len(net.layers))]
@@ -162,13 +166,13 @@ def test_input_gaps_and_output_backpressure(source, seed, gap, stall):
     if source == "random":
         net, config, x = random_case(seed)
         program = compile_network(net, config)
-        layers = True
+        layers, build = True, RANDOM_BUILD
     else:
         program = _program(source, "8x8")
         x = models.mnist_input(program.network, mnist("holdout")[0][5:10])
-        layers = False
+        layers, build = False, ()
     result = simulate(program, x, check_layers=layers, gap=gap, stall=stall,
-                      traffic_seed=seed + 1)
+                      traffic_seed=seed + 1, build_args=build)
     check(result, layers=layers)
     assert result.gaps > 0 and result.stalls > 0, (result.gaps, result.stalls)
     for b in result.batches:
@@ -206,7 +210,8 @@ def test_mismatch_names_layer_element_and_values():
     bad = replace(net, layers=tuple(replace(l, weight=w) if i == j else l
                                     for i, l in enumerate(net.layers)))
     assert np.any(run(bad, x).tensors[j + 1] != run(net, x).tensors[j + 1])
-    result = simulate(replace(program, network=bad), x, check_layers=True)
+    result = simulate(replace(program, network=bad), x, check_layers=True,
+                      build_args=RANDOM_BUILD)
     assert not result.ok and result.mismatch_count > 0
     first = result.mismatches[0]
     assert first.layer == j and first.kind == "conv2d" and first.tensor == j + 1
@@ -228,7 +233,7 @@ def test_a_run_that_does_not_finish_is_reported():
     wrong = replace(program, steps=tuple(replace(s, cycles=1) for s in program.steps))
     with pytest.raises(SimulatorError, match=r"the accelerator did not finish its run in "
                                              r"1\d\d\d cycles \(busy=1, step=\d+"):
-        simulate(wrong, x, check_layers=True)
+        simulate(wrong, x, check_layers=True, build_args=RANDOM_BUILD)
 
 
 # -- fast checks of the library ------------------------------------------------------------
