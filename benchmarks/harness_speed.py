@@ -238,7 +238,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3,
                    help="runs of each of the three, interleaved (default 3)")
     p.add_argument("--layers", action="store_true",
-                   help="the harness with the layer check (its own builds)")
+                   help="the harness with the layer check")
     p.add_argument("--public-flat-rw", action="store_true",
                    help="build as cocotb does by default (every signal public)")
     p.add_argument("--keep", action="store_true", help="keep the bare driver's folder")
@@ -253,7 +253,7 @@ def main(argv=None):
     x = models.mnist_input(net, mnist("holdout")[0][:C])
     flags = ["--public-flat-rw"] if args.public_flat_rw else []
     what = ("every signal public (cocotb's default)" if args.public_flat_rw else
-            "ports and activation banks public" if args.layers else "only ports public")
+            "only the ports and activation banks public")
     print(f"{args.network} on {args.array}: {program.cycles} compute cycles per batch of {C} "
           f"images; Verilator builds with {what}; {args.rounds} rounds of {args.batches} "
           f"batches each way", flush=True)
