@@ -43,6 +43,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -58,7 +59,7 @@ from systolic.golden.run import run as golden_run
 from ._env import SimulatorError
 
 __all__ = ["simulate", "SimResult", "BatchResult", "Mismatch", "CounterMismatch",
-           "MODE_CODES", "PERIOD_NS", "rounding_modes", "accelerator_verilog",
+           "MODE_CODES", "PERIOD_NS", "KEEP_RUNS", "rounding_modes", "accelerator_verilog",
            "verilator_args", "icarus_verilog", "clocked_verilog"]
 
 #: The rounding register's encoding, as :data:`systolic.rtl.requant.MODE` makes it (from the
@@ -67,7 +68,22 @@ MODE_CODES = {name: code for code, name in enumerate(ROUNDING_MODES)}
 #: Clock period of the simulation (the time unit of the waves; nothing depends on it).
 PERIOD_NS = 10
 
+#: Run folders kept in the build cache's ``runs/`` (older ones are deleted).
+KEEP_RUNS = 50
+
 _TB_MODULE = "systolic.sim.tb_accel"
+
+
+def _new_run_dir(cache_dir):
+    """A new run folder under the cache's ``runs/``, after deleting all but the newest
+    :data:`KEEP_RUNS` - 1 old ones (a run in progress is among the newest)."""
+    from .runner import cache_root
+    runs = (Path(cache_dir).expanduser() if cache_dir is not None else cache_root()) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    old = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for stale in old[:max(0, len(old) - KEEP_RUNS + 1)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=time.strftime("accel-%Y%m%d-%H%M%S-"), dir=runs))
 
 
 @dataclass(frozen=True)
@@ -460,7 +476,8 @@ def simulate(program, images, *, rounding=None, seed=None, simulator="verilator"
         Called as ``progress(done_batches, batches, info)`` after every batch, ``info``
         the bench's line (``images``, ``cycles``, ``busy_cycles``, ``wall_seconds``).
     run_dir : path-like, optional
-        Where the run's files go (default: a new temporary folder, kept).
+        Where the run's files go (default: a new folder under ``runs/`` in the build
+        cache; the last :data:`KEEP_RUNS` are kept).
     cache_dir : path-like, optional
         Build cache (default :func:`~systolic.sim.runner.cache_root`).
     cocotb_seed : int
@@ -519,8 +536,7 @@ def simulate(program, images, *, rounding=None, seed=None, simulator="verilator"
     C = program.config.cols
     n = len(x)
     batches = -(-n // C)
-    run_dir = Path(tempfile.mkdtemp(prefix="systolic-sim-")) if run_dir is None \
-        else Path(run_dir)
+    run_dir = _new_run_dir(cache_dir) if run_dir is None else Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*run_dir.glob("batch_*.npz"), run_dir / "progress.jsonl"]:
         stale.unlink(missing_ok=True)
