@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The SPRAM wrapper (rtl/spram.py): parameters, the model in the Amaranth simulator, the
 SB_SPRAM256KA instances it makes, and the primitive's simulation model against ours."""
 
