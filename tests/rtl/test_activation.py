@@ -15,26 +15,12 @@ from systolic.golden.rounding import ROUNDING_MODES, round_shift
 from systolic.rtl.activation import Activation, lut_image
 from systolic.sim.streams import PATTERNS, StreamLog, stream_get, stream_monitor, stream_put
 
+from sr_helpers import sr_keys, sr_seed_for
+
 COMPUTED = ("relu", "clip", "leaky_relu", "hard_sigmoid", "hard_tanh")
 SHAPES = ((1, 1, 1), (1, 2, 3), (2, 4, 4), (3, 2, 5))
 #: (idle, stall) pairs: every pattern on each end, spread over the parametrized tests.
 PATTERN_PAIRS = tuple(zip(PATTERNS, PATTERNS[2:] + PATTERNS[:2]))
-
-
-def sr_keys(seed, layer):
-    return sum(k << (srgen.WORD * j) for j, k in enumerate(srgen.round_keys(seed, layer)))
-
-
-def sr_seed_for(rng, layer, indices, shift):
-    assert shift >= 2
-    """A generator seed whose offsets at ``indices`` are not all 0 or all ``2**shift - 1``,
-    so both rounding directions can occur even on a 1x1x1 tensor (``r`` depends on the index
-    only, so such a tensor sees one offset)."""
-    while True:
-        seed = int(rng.integers(0, 2**32))
-        r = srgen.rounding_offsets(seed, layer, indices, shift)
-        if np.any((r != 0) & (r != (1 << shift) - 1)):
-            return seed
 
 
 def simulate(dut, config, values, *, idle="none", stall="none", seed=0, keys=0, actions=None):

@@ -15,6 +15,8 @@ from systolic.golden.rounding import ROUNDING_MODES, round_shift
 from systolic.rtl.pool import Pool
 from systolic.sim.streams import PATTERNS, StreamLog, stream_get, stream_monitor, stream_put
 
+from sr_helpers import sr_keys, sr_seed_for
+
 #: (C, H, W) maps: 1x1, 2x3, 4x4 and non-square ones with remainders to drop.
 SHAPES = ((1, 1, 1), (1, 2, 3), (2, 4, 4), (2, 5, 7), (3, 7, 4), (1, 9, 8))
 PATTERN_PAIRS = tuple(zip(PATTERNS, PATTERNS[2:] + PATTERNS[:2]))
@@ -27,22 +29,6 @@ def shape_id(shape):
 def cases(kernels):
     return [pytest.param(k, shape, id=f"k={k}-{shape_id(shape)}")
             for k in kernels for shape in SHAPES if min(shape[1:]) >= k]
-
-
-def sr_keys(seed, layer):
-    return sum(k << (srgen.WORD * j) for j, k in enumerate(srgen.round_keys(seed, layer)))
-
-
-def sr_seed_for(rng, layer, indices, shift):
-    assert shift >= 2
-    """A generator seed whose offsets at ``indices`` are not all 0 or all ``2**shift - 1``,
-    so both rounding directions can occur even on a 1x1 output (``r`` depends on the index
-    only, so such an output sees one offset)."""
-    while True:
-        seed = int(rng.integers(0, 2**32))
-        r = srgen.rounding_offsets(seed, layer, indices, shift)
-        if np.any((r != 0) & (r != (1 << shift) - 1)):
-            return seed
 
 
 def simulate(dut, config, values, count, *, idle="none", stall="none", seed=0, keys=0):

@@ -1,0 +1,8 @@
+"""The RTL tests import their shared helpers (sr_helpers.py) from this folder."""
+
+import sys
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
