@@ -13,7 +13,7 @@ from systolic.golden.errors import ConstraintError
 from systolic.golden.qformat import QFormat
 from systolic.golden.rounding import ROUNDING_MODES, round_shift
 from systolic.rtl.pool import Pool
-from systolic.sim.streams import PATTERNS, StreamLog, stream_get, stream_monitor, stream_put
+from systolic.sim.streams import PATTERNS, stream_get, stream_put, stream_through
 
 from sr_helpers import sr_keys, sr_seed_for
 
@@ -35,32 +35,13 @@ def simulate(dut, config, values, count, *, idle="none", stall="none", seed=0, k
     """Stream ``values`` through ``dut``; return (values, saturated flags, input log, output
     log) of ``count`` outputs, checking the stream rules on both ports and that nothing more
     comes out."""
-    out, log_i, log_o = [], StreamLog(), StreamLog()
-
-    async def source(ctx):
+    async def setup(ctx):
         ctx.set(dut.config, config)
         if dut.stochastic:
             ctx.set(dut.sr_keys, keys)
-        await stream_put(ctx, dut.i, [{"value": int(v)} for v in values], idle=idle,
-                         seed=seed)
 
-    async def sink(ctx):
-        # Start out of phase with the source (by latency + 2 cycles), so that outputs meet
-        # the sink's stalls even when both ends run the same periodic pattern.
-        await ctx.tick().repeat(dut.latency + 2)
-        out.extend(await stream_get(ctx, dut.o, count, stall=stall, seed=seed + 1))
-        ctx.set(dut.o.ready, 1)
-        for _ in range(dut.latency + 4):
-            await ctx.tick()
-            assert not ctx.get(dut.o.valid), f"seed={seed}: extra output"
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(source)
-    sim.add_testbench(sink)
-    sim.add_testbench(stream_monitor(dut.i, log_i, name="i"), background=True)
-    sim.add_testbench(stream_monitor(dut.o, log_o, name="o"), background=True)
-    sim.run()
+    out, log_i, log_o = stream_through(dut, [{"value": int(v)} for v in values], count,
+                                       idle=idle, stall=stall, seed=seed, setup=setup)
     return (np.array([p.value for p in out], dtype=np.int64),
             np.array([p.saturated for p in out], dtype=np.int64), log_i, log_o)
 

@@ -17,7 +17,7 @@ from systolic.golden import ops
 from systolic.golden.errors import ConstraintError
 from systolic.golden.ir import resolve_padding
 from systolic.rtl.window import Window
-from systolic.sim.streams import PATTERNS, StreamLog, stream_get, stream_monitor, stream_put
+from systolic.sim.streams import PATTERNS, stream_get, stream_put, stream_through
 
 #: (C, H, W) maps: 1x1, 2x3, 4x4 and non-square ones.
 SHAPES = ((1, 1, 1), (1, 2, 3), (2, 4, 4), (3, 5, 3), (1, 3, 8), (2, 7, 7))
@@ -41,29 +41,13 @@ def nonzero_map(rng, shape, width):
 def simulate(dut, config, maps, beats, *, idle="none", stall="none", seed=0):
     """Load each map of ``maps`` and collect ``beats`` output beats per map; return
     (values ``(beats_total, max_kernel)``, first flags, last flags, input log, output log)."""
-    out, log_i, log_o = [], StreamLog(), StreamLog()
     total = beats * len(maps)
 
-    async def source(ctx):
+    async def setup(ctx):
         ctx.set(dut.config, config)
-        await stream_put(ctx, dut.i, [{"value": int(v)} for v in np.ravel(maps)], idle=idle,
-                         seed=seed)
 
-    async def sink(ctx):
-        await ctx.tick().repeat(dut.latency + 2)
-        out.extend(await stream_get(ctx, dut.o, total, stall=stall, seed=seed + 1))
-        ctx.set(dut.o.ready, 1)
-        for _ in range(dut.latency + 4):
-            await ctx.tick()
-            assert not ctx.get(dut.o.valid), f"seed={seed}: extra output"
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(source)
-    sim.add_testbench(sink)
-    sim.add_testbench(stream_monitor(dut.i, log_i, name="i"), background=True)
-    sim.add_testbench(stream_monitor(dut.o, log_o, name="o"), background=True)
-    sim.run()
+    out, log_i, log_o = stream_through(dut, [{"value": int(v)} for v in np.ravel(maps)], total,
+                                       idle=idle, stall=stall, seed=seed, setup=setup)
     values = np.array([[p.values[s] for s in range(dut.max_kernel)] for p in out],
                       dtype=np.int64).reshape(total, dut.max_kernel)
     first = np.array([p.first for p in out], dtype=bool)
