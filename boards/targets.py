@@ -15,7 +15,7 @@ Device figures (block counts, from the vendors' data sheets):
   usable as 16384x1 .. 512x36) (Lattice FPGA-DS-02012).
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from systolic.golden.errors import ConstraintError
 from systolic.rtl.compiler import ArrayConfig

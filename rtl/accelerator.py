@@ -33,12 +33,11 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from systolic.golden import srgen
 from systolic.golden.errors import ConstraintError
 
 from .array import SystolicArray
 from .compiler import LANE_LATENCY, MAX_LEFT_SHIFT, Program
-from .requant import MODE, RequantConfig, Requantizer
+from .requant import RequantConfig, Requantizer
 from .spram import SPRAM
 from .srgen import SRKeySchedule, SRRounds
 
@@ -57,7 +56,6 @@ class _SPRAMRead:
 
     def __init__(self, spram):
         self.addr, self.en, self.data = Signal.like(spram.addr), spram.en, spram.data
-        self._spram = spram
 
 
 class _SPRAMWrite:
@@ -166,9 +164,9 @@ class Accelerator(wiring.Component):
                             f"{type(program).__name__}")
         self._program = program
         cfg = program.config
-        R, C = cfg.rows, cfg.cols
+        C = cfg.cols
         L = len(program.network.layers)
-        aw, ww = program.act_width, program.weight_width
+        aw = program.act_width
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(aw), C))),
             "o": Out(stream.Signature(data.StructLayout({
@@ -372,6 +370,8 @@ class Accelerator(wiring.Component):
         m.d.comb += [w_rd.addr.eq(wt + kcount), w_rd.en.eq(advance),
                      b_rd.addr.eq(p.b_base + ct), b_rd.en.eq(advance)]
 
+        rows_left = Signal(signed(bits_for(max(s.out_shape[0] for s in steps)) + 2))
+        m.d.comb += rows_left.eq(p.cout - ct * R)        # real channels in this tile
         with m.If(advance):
             m.d.sync += [
                 s1_valid.eq(issue),
@@ -384,9 +384,6 @@ class Accelerator(wiring.Component):
                 s1_plast.eq((dy == p.kp - 1) & (dx == p.kp - 1)),
                 s1_inwin.eq((band < p.hp) & (ox < p.wpkp)),
             ]
-            rows_left = Signal(signed(bits_for(max(s.out_shape[0] for s in steps)) + 2))
-            m.d.comb += rows_left.eq(p.cout - ct * R if R & (R - 1) else
-                                     p.cout - (ct << (R.bit_length() - 1)))
             m.d.sync += s1_rows.eq(Mux(p.pool | (rows_left >= R), R, rows_left))
 
         # counters advance with each issued beat

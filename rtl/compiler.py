@@ -38,8 +38,8 @@ from systolic.golden.ops import align_bias, clamp_bounds
 
 from ._params import check_int
 from .array import DATAFLOWS, MAX_SIZE
-from .mac import MULTIPLIERS, check_multiplier
-from .requant import MODE, requant_config
+from .mac import MULTIPLIERS
+from .requant import requant_config
 from .srgen import check_rounds_per_stage, pipeline_stages
 
 __all__ = ["ArrayConfig", "Step", "Program", "compile_network", "PRESETS",
