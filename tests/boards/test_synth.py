@@ -61,3 +61,19 @@ def test_4x4_int8_array_synthesizes(family, dataflow):
                                       dataflow=dataflow, multiplier="inferred"), family=family)
     assert stats["DSP"] == 16, stats["cells"]   # one per PE: every product is in a DSP
     assert stats["LUT"] > 0 and stats["FF"] > 0, stats
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_small_accelerator_synthesizes(family):
+    # A whole accelerator: its array-shaped counter ports used to stop Yosys 0.70 in ABC9's
+    # reintegration (a wire named ``saturations[0]`` next to ``saturations``).
+    import numpy as np
+    from systolic.golden.randnet import random_network
+    from systolic.rtl.accelerator import Accelerator
+    from systolic.rtl.compiler import ArrayConfig, compile_network
+    net = random_network(np.random.default_rng(1), max_layers=2, max_size=6, max_channels=3,
+                         widths=(8, 8))
+    stats = synth_stats(Accelerator(compile_network(net, ArrayConfig(rows=2, cols=2))),
+                        family=family)
+    assert stats["LUT"] > 500 and stats["BRAM"] + stats.get("LUTRAM", 0) >= 2, stats
