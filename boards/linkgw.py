@@ -698,6 +698,9 @@ class LinkDevice(wiring.Component):
         The UART pins.
     accel : In(accelerator_signature(descriptor))
     accel_reset : Out(1)
+    error : Out(1)
+        Pulses when a received frame is rejected (a NAK for a line error, a timeout, a bad
+        length or CRC): the board top's link-error LED.
 
     Latency: a response's start bit leaves about ``20 + 2 * LEN + 2 * N`` cycles after the
     middle of the command's last stop bit (synchronizer, FIFO, decoder and
@@ -720,6 +723,7 @@ class LinkDevice(wiring.Component):
             "tx": Out(1, init=1),
             "accel": In(accelerator_signature(descriptor)),
             "accel_reset": Out(1),
+            "error": Out(1),
         })
 
     @property
@@ -781,6 +785,7 @@ class LinkDevice(wiring.Component):
         m.d.comb += [dec.i.valid.eq(fifo.r_rdy), dec.i.payload.eq(fifo.r_data),
                      fifo.r_en.eq(dec.i.ready)]
         wiring.connect(m, dec.o, eng.event)
+        m.d.comb += self.error.eq(dec.o.valid & dec.o.ready & (dec.o.payload.reason != 0))
         m.d.comb += [rd.addr.eq(eng.rd_addr), eng.rd_data.eq(rd.data),
                      wr.en.eq(dec.wr_en | eng.wr_en),
                      wr.addr.eq(Mux(eng.wr_en, eng.wr_addr, dec.wr_addr)),

@@ -78,6 +78,9 @@ class BoardTarget:
         The reference network the demo builds for this board.
     programmer : str
         The tool amaranth-boards programs the board with.
+    baud : int
+        The host link's UART rate.  1 Mbaud: the boards' FTDI bridges (FT2232H on the
+        iCEBreaker, FT231X on the ULX3S) run it with an exact divisor from 42 and 125 MHz.
     """
     name: str
     platform: str
@@ -86,6 +89,7 @@ class BoardTarget:
     presets: dict = field(default_factory=dict)
     default_network: str = "mnist-tiny"
     programmer: str = ""
+    baud: int = 1_000_000
 
     def preset(self, name="default"):
         try:

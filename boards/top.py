@@ -1,0 +1,264 @@
+"""The board top: PLL, the host link, the accelerator and status LEDs.
+
+:class:`BoardTop` is what ``systolic build`` puts on a board and what the virtual board
+simulates::
+
+    oscillator --> PLL (SB_PLL40_PAD / EHXPLLL) --> sync domain, reset until lock
+    rx pin --> LinkDevice --accel--> ResetInserter(link.accel_reset)(Accelerator)
+    tx pin <--'        `--> LEDs: link error, heartbeat, busy
+
+With ``platform=None`` (simulation, ``systolic emit --what top``, the virtual board) there
+is no PLL: the top's own ports ``rx``, ``tx`` and ``leds`` are the pins and the ``sync``
+domain is the board clock, so a simulation runs exactly the logic that is built, at the
+frequency :attr:`BoardTop.clk_freq` the PLL makes (the UART divisor is the same).  On an
+amaranth-boards platform the pins come from the platform's ``uart`` and ``led`` resources
+and the PLL is instantiated from the dividers of :mod:`.pll`.
+
+Weights: with ``weight_memory="spram"`` (iCE40) the weight memory starts empty on every
+power-up (SPRAM is not in the bitstream); the host writes the weights through the link
+(WRITE_WEIGHTS, :func:`~systolic.rtl.accelerator.weight_beats`) before the first run.
+Block-RAM weights are in the bitstream and may be rewritten the same way.
+"""
+
+from amaranth.build import ResourceError
+from amaranth.hdl import ClockDomain, Instance, Module, ResetInserter, Signal
+from amaranth.lib import io, wiring
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from systolic.rtl._params import check_int
+
+from .link import Descriptor
+from .linkgw import LinkDevice, connect_accelerator
+from .pll import ecp5_pll, ice40_pll
+from .targets import BoardTarget, board
+from .uart import uart_divisor
+
+__all__ = ["BoardTop", "LEDS", "oscillator_hz", "board_pll"]
+
+#: The status LEDs, in the order of the platform's ``led`` resources (on the iCEBreaker:
+#: red, green, then the break-off PMOD's first LED).
+LEDS = ("error", "heartbeat", "busy")
+
+#: Seconds an error or busy pulse keeps its LED lit, so a short event is visible.
+LED_HOLD = 0.1
+
+
+def oscillator_hz(target):
+    """The frequency of ``target``'s board oscillator (its platform's default clock)."""
+    cls = target.platform_class()
+    for res in cls.resources.values() if isinstance(cls.resources, dict) else cls.resources:
+        if res.name == cls.default_clk:
+            return res.clock.frequency
+    raise ValueError(f"Board {target.name} has no {cls.default_clk} clock resource")
+
+
+def board_pll(target):
+    """The PLL setting that makes ``target.clock_mhz`` from the board oscillator
+    (:class:`~.pll.ICE40PLL` or :class:`~.pll.ECP5PLL`)."""
+    make = {"ice40": ice40_pll, "ecp5": ecp5_pll}[target.device.family]
+    return make(oscillator_hz(target), target.clock_mhz * 1e6)
+
+
+class BoardTop(wiring.Component):
+    """A board's whole design.
+
+    Parameters
+    ----------
+    program : Program
+        The compiled network the accelerator runs.
+    target : BoardTarget or str
+        The board (default: :data:`~.targets.DEFAULT_BOARD`).
+    baud : int or None
+        UART line rate; default the board's ``baud``.
+    divisor : int or None
+        Clock cycles per UART bit, instead of ``baud`` (fast simulations of the link).
+    gap_bits, rx_depth : int
+        Passed to :class:`~.linkgw.LinkDevice`.
+    accelerator : callable or None
+        ``accelerator(program)`` returns the component behind the link; default
+        :class:`~systolic.rtl.accelerator.Accelerator`.
+
+    Members
+    -------
+    rx : In(1, init=1); tx : Out(1, init=1)
+        The UART pins (simulation only: on a platform the ``uart`` resource is used).
+    leds : Out(len(LEDS))
+        Status: bit ``k`` is :data:`LEDS` ``[k]`` (error and busy held for
+        :data:`LED_HOLD` s, heartbeat toggling about once a second).
+
+    Properties
+    ----------
+    clk_freq : float
+        The accelerator's clock in Hz: the PLL's achieved output.
+    pll : ICE40PLL or ECP5PLL
+    baud, divisor : the UART rate and clock cycles per bit
+    descriptor : Descriptor
+        What the link's PING answers.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range (an unreachable baud rate or clock).
+    """
+
+    def __init__(self, program, *, target=None, baud=None, divisor=None, gap_bits=1000,
+                 rx_depth=512, accelerator=None):
+        from systolic.rtl.accelerator import Accelerator
+        if target is None:
+            from .targets import DEFAULT_BOARD
+            target = DEFAULT_BOARD
+        if isinstance(target, str):
+            target = board(target)
+        if not isinstance(target, BoardTarget):
+            raise TypeError(f"Target must be a BoardTarget or a board name, not {target!r}")
+        self._target = target
+        self._program = program
+        self._pll = board_pll(target)
+        self._baud = target.baud if baud is None else baud
+        if divisor is None:
+            divisor = uart_divisor(clk_freq=self._pll.f_out, baud=self._baud)
+        else:
+            check_int("UART divisor", divisor, lo=4)
+            self._baud = self._pll.f_out / divisor
+        self._descriptor = Descriptor.from_program(program)
+        self._divisor = divisor
+        # LinkDevice's own checks, here so that errors come before elaboration
+        self._gap_bits = check_int("Gap timeout", gap_bits, lo=20)
+        self._rx_depth = check_int("RX FIFO depth", rx_depth, lo=16)
+        # the link and the accelerator are made at elaboration
+        self._make_accel = accelerator or Accelerator
+        super().__init__({
+            "rx": In(1, init=1),
+            "tx": Out(1, init=1),
+            "leds": Out(len(LEDS)),
+        })
+
+    @property
+    def target(self):
+        return self._target
+
+    @property
+    def program(self):
+        return self._program
+
+    @property
+    def pll(self):
+        return self._pll
+
+    @property
+    def clk_freq(self):
+        return self._pll.f_out
+
+    @property
+    def baud(self):
+        return self._baud
+
+    @property
+    def divisor(self):
+        return self._divisor
+
+    @property
+    def descriptor(self):
+        return self._descriptor
+
+    def _clock(self, m, platform):
+        """The sync domain from the PLL; reset held until the PLL locks."""
+        family = self._target.device.family
+        pll = self._pll
+        m.domains.sync = cd = ClockDomain("sync")
+        lock = Signal()
+        if family == "ice40":
+            pin = platform.request(platform.default_clk, dir="-")
+            # the PLL sits on the oscillator's pad (iCEBreaker pin 35, a PLL input)
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD", p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
+                p_DIVR=pll.divr, p_DIVF=pll.divf, p_DIVQ=pll.divq,
+                p_FILTER_RANGE=pll.filter_range,
+                i_PACKAGEPIN=pin.io, i_RESETB=1, i_BYPASS=0,
+                o_PLLOUTGLOBAL=cd.clk, o_LOCK=lock)
+        else:
+            m.submodules.clk_buf = clk_buf = io.Buffer(
+                "i", platform.request(platform.default_clk, dir="-"))
+            clkin = clk_buf.i
+            f_in, f_out = f"{pll.f_in / 1e6:g}", f"{pll.f_out / 1e6:g}"
+            m.submodules.pll = Instance(
+                "EHXPLLL",
+                a_FREQUENCY_PIN_CLKI=f_in, a_FREQUENCY_PIN_CLKOP=f_out,
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+                a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
+                p_OUTDIVIDER_MUXB="DIVB", p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+                p_CLKI_DIV=pll.clki_div, p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=pll.clkop_div,
+                p_CLKOP_CPHASE=pll.clkop_cphase, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+                p_CLKFB_DIV=pll.clkfb_div,
+                i_RST=0, i_STDBY=0, i_CLKI=clkin, i_CLKFB=cd.clk, i_PHASESEL0=0,
+                i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+                i_PLLWAKESYNC=0, i_ENCLKOP=0,
+                o_CLKOP=cd.clk, o_LOCK=lock)
+        platform.add_clock_constraint(cd.clk, pll.f_out)
+        m.submodules.reset_sync = ResetSynchronizer(~lock, domain="sync")
+
+    def elaborate(self, platform):
+        m = Module()
+        if platform is not None:
+            self._clock(m, platform)
+        m.submodules.link = link = LinkDevice(
+            descriptor=self._descriptor, divisor=self._divisor, gap_bits=self._gap_bits,
+            rx_depth=self._rx_depth)
+        accel = self._make_accel(self._program)
+        m.submodules.accel = ResetInserter(link.accel_reset)(accel)
+        connect_accelerator(m, link.accel, accel)
+
+        if platform is not None:
+            # ``rx``/``tx`` are the top's ports in simulation; on a board, the pins
+            rx, tx = Signal(init=1), Signal(init=1)
+            m.d.comb += [link.rx.eq(rx), tx.eq(link.tx)]
+            self._pins_to(m, platform, rx, tx)
+        else:
+            m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
+
+        # status LEDs
+        f = self._pll.f_out
+        beat = Signal(ceil_log2(int(f)))            # top bit toggles every ~0.5..1 s
+        m.d.sync += beat.eq(beat + 1)
+        hold = int(LED_HOLD * f)
+        error_t = Signal(range(hold + 1))
+        busy_t = Signal(range(hold + 1))
+        for t, event in ((error_t, link.error), (busy_t, accel.busy)):
+            with m.If(event):
+                m.d.sync += t.eq(hold)
+            with m.Elif(t != 0):
+                m.d.sync += t.eq(t - 1)
+        leds = Signal(len(LEDS))
+        m.d.comb += [leds[LEDS.index("error")].eq(error_t != 0),
+                     leds[LEDS.index("heartbeat")].eq(beat[-1]),
+                     leds[LEDS.index("busy")].eq(busy_t != 0)]
+        if platform is None:
+            m.d.comb += self.leds.eq(leds)
+        else:
+            self._leds_to(m, platform, leds)
+        return m
+
+    def _pins_to(self, m, platform, rx, tx):
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
+        m.d.comb += [rx.eq(rx_buf.i), tx_buf.o.eq(tx)]
+
+    def _leds_to(self, m, platform, leds):
+        if hasattr(platform, "break_off_pmod"):
+            # the iCEBreaker's LED PMOD (attached unless broken off) has LEDs 2..6
+            try:
+                platform.lookup("led", 2)
+            except ResourceError:
+                platform.add_resources(platform.break_off_pmod)
+        for k in range(len(LEDS)):
+            try:
+                led = platform.request("led", k, dir="-")
+            except ResourceError:
+                break                       # a board with fewer LEDs shows the first ones
+            m.submodules[f"led_buf_{k}"] = buf = io.Buffer("o", led)
+            m.d.comb += buf.o.eq(leds[k])
