@@ -460,6 +460,9 @@ def _parser():
     s.add_argument("--network", default="mnist-tiny")
     s.add_argument("--board", default="icebreaker")
     s.set_defaults(func=cmd_demo)
+
+    from . import cli_link
+    cli_link.add_parsers(sub)
     return p
 
 
