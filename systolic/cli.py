@@ -251,8 +251,20 @@ def cmd_sim(args):
         raise SystemExit(f"systolic: error: {args.network} is a float network; "
                          f"quantize it first (systolic quantize)")
     try:
-        config = ArrayConfig.parse_shape(args.array, dataflow=args.dataflow,
-                                         multiplier=args.multiplier)
+        if args.board is not None:
+            from dataclasses import replace
+
+            from systolic.boards.targets import board
+            if args.array is not None or args.multiplier is not None:
+                raise SystemExit("systolic: error: --board simulates that board's array "
+                                 "preset; give --board or --array/--multiplier, not both")
+            config = board(args.board).preset()
+            if args.dataflow is not None:
+                config = replace(config, dataflow=args.dataflow)
+        else:
+            config = ArrayConfig.parse_shape(args.array or "8x8",
+                                             dataflow=args.dataflow or "os",
+                                             multiplier=args.multiplier or "inferred")
     except TypeError as exc:        # "Array rows must be a positive integer, not 0"
         raise ValueError(str(exc)) from None
     images, labels = mnist("holdout")
@@ -265,8 +277,10 @@ def cmd_sim(args):
     R, C = config.rows, config.cols
     batches = -(-len(x) // C)
     name = net.name or args.network
-    print(f"systolic sim {name}: {R}x{C} array ({config.dataflow}, {config.multiplier} "
-          f"multipliers), {args.simulator}; {len(x)} held-out MNIST images in {batches} "
+    where = f"board {args.board}'s " if args.board is not None else ""
+    memory = ", weights in SPRAM" if config.weight_memory == "spram" else ""
+    print(f"systolic sim {name}: {where}{R}x{C} array ({config.dataflow}, {config.multiplier} "
+          f"multipliers{memory}), {args.simulator}; {len(x)} held-out MNIST images in {batches} "
           f"batch{'es' if batches > 1 else ''} of {C}; generating and building "
           f"(builds are cached)...", flush=True)
     start = time.perf_counter()
@@ -292,6 +306,9 @@ def cmd_sim(args):
           f"{R * C} PEs) / {result.cycles_per_image:.1f} cycles per image")
     sim_cycles = sum(b.sim_cycles for b in result.batches)
     sim_wall = sum(b.wall_seconds for b in result.batches)
+    if result.weight_beats:
+        print(f"weights:           loaded through the weight stream, {result.weight_beats} "
+              f"beats in {result.weight_cycles} cycles")
     print(f"simulation:        {elapsed:.1f} s in all ({'built' if result.built else 'cached'}"
           f" model, build {result.build_seconds:.1f} s); batches {sim_wall:.2f} s, "
           f"{sim_cycles / max(sim_wall, 1e-9):,.0f} cycles/s")
@@ -438,12 +455,16 @@ def _parser():
                                    "quantized network file")
     s.add_argument("--images", type=int, default=100,
                    help="number of held-out images (default 100, maximum 1000)")
-    s.add_argument("--array", default="8x8", help="PE rows x columns (default 8x8); the "
-                                                  "columns are the batch")
-    s.add_argument("--dataflow", default="os", choices=("os", "ws"),
+    s.add_argument("--array", default=None, help="PE rows x columns (default 8x8); the "
+                                                 "columns are the batch")
+    s.add_argument("--dataflow", default=None, choices=("os", "ws"),
                    help="output-stationary (os, default) or weight-stationary (ws)")
-    s.add_argument("--multiplier", default="inferred",
+    s.add_argument("--multiplier", default=None,
                    help="inferred (default), lut or sb_mac16")
+    s.add_argument("--board", default=None,
+                   help="simulate this board's array preset (e.g. icebreaker: 8x2, packed "
+                        "SB_MAC16 multipliers, weights in SPRAM loaded through the weight "
+                        "stream) instead of --array/--multiplier")
     s.add_argument("--simulator", default="verilator", choices=("verilator", "icarus"))
     s.add_argument("--waves", action="store_true", help="record FST waves")
     s.add_argument("--rounding", default=None,
