@@ -484,6 +484,8 @@ def _parser():
 
     from . import cli_link
     cli_link.add_parsers(sub)
+    from . import cli_board
+    cli_board.add_parsers(sub)
     return p
 
 
