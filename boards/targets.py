@@ -106,9 +106,14 @@ class BoardTarget:
 
 # iCE40: the packed SB_MAC16 gives two 8x8 products per DSP: 8 DSPs -> 16 PEs (8 x 2);
 # the weights live in SPRAM (the 30 EBRs hold biases and the two images' activations).
+# No stochastic-rounding generator: its key schedule and rounds take ~500 LUTs and ~300
+# flip-flops of the UP5K's 5,280 cells, and the reference networks round to nearest even
+# (floor and nearest_even remain run-time choices).
 _ICE40 = {
-    "default": ArrayConfig(rows=8, cols=2, multiplier="sb_mac16", weight_memory="spram"),
-    "small": ArrayConfig(rows=4, cols=2, multiplier="sb_mac16", weight_memory="spram"),
+    "default": ArrayConfig(rows=8, cols=2, multiplier="sb_mac16", weight_memory="spram",
+                           stochastic=False),
+    "small": ArrayConfig(rows=4, cols=2, multiplier="sb_mac16", weight_memory="spram",
+                         stochastic=False),
 }
 
 BOARDS = {

@@ -367,8 +367,8 @@ class Accelerator(wiring.Component):
 
         with m.If(state == ST["RUN"]):
             m.d.comb += [act_addr.eq(addr[:len(act_addr)]), act_en.eq(advance)]
-        m.d.comb += [w_rd.addr.eq(wt + kcount), w_rd.en.eq(advance),
-                     b_rd.addr.eq(p.b_base + ct), b_rd.en.eq(advance)]
+        m.d.comb += [w_rd.addr.eq(wt + kcount), w_rd.en.eq(advance)]
+        s1_baddr = Signal.like(p.b_base)                 # the tile's bias word
 
         rows_left = Signal(signed(bits_for(max(s.out_shape[0] for s in steps)) + 2))
         m.d.comb += rows_left.eq(p.cout - ct * R)        # real channels in this tile
@@ -383,6 +383,7 @@ class Accelerator(wiring.Component):
                 s1_pfirst.eq((dy == 0) & (dx == 0)),
                 s1_plast.eq((dy == p.kp - 1) & (dx == p.kp - 1)),
                 s1_inwin.eq((band < p.hp) & (ox < p.wpkp)),
+                s1_baddr.eq(p.b_base + ct),
             ]
             m.d.sync += s1_rows.eq(Mux(p.pool | (rows_left >= R), R, rows_left))
 
@@ -449,10 +450,18 @@ class Accelerator(wiring.Component):
             rows=R, cols=C, in_width=ww, weight_width=aw, dataflow="os",
             multiplier=cfg.multiplier, acc_width=accw,
             max_reduction=max([s.reduction for s in steps if s.kind == "matmul"] or [1]))
+        # A tile's metadata waits here for its rows.  It carries the bias word's address,
+        # not the R biases, and indices only as wide as the largest tensor: on the iCE40
+        # this FIFO is flip-flops, and R biases per entry were ~1,300 of them (8x2 array).
+        mm = [s for s in steps if s.kind == "matmul"] or steps
         meta_layout = data.StructLayout({
-            "index": unsigned(32), "rows": unsigned(bits_for(R)),
-            "pindex": unsigned(32), "pfirst": 1, "plast": 1, "inwin": 1,
-            "bias": data.ArrayLayout(signed(accw), R)})
+            # row 0's (pooled) index: below channel_tiles * R * (pooled) pixels
+            "index": _u(max(s.channel_tiles * R * s.pixels for s in mm)),
+            "rows": unsigned(bits_for(R)),
+            "pindex": _u(max(s.channel_tiles * R * (s.stored_shape[1] + 1) *
+                             (s.stored_shape[2] + 1) for s in mm)),
+            "pfirst": 1, "plast": 1, "inwin": 1,
+            "baddr": unsigned(len(s1_baddr))})
         meta = m.submodules.meta = SyncFIFOBuffered(
             width=meta_layout.size, depth=-(-(2 * R + C + 3) // R) + 2)
         wword = data.View(data.ArrayLayout(signed(ww), R), w_rd.data)
@@ -475,7 +484,7 @@ class Accelerator(wiring.Component):
         m.d.comb += [
             array_take.eq(array.i.valid & array.i.ready),
             meta.w_en.eq(array_take & s1_last),
-            pushed.index.eq(s1_index), pushed.rows.eq(s1_rows), pushed.bias.eq(bword),
+            pushed.index.eq(s1_index), pushed.rows.eq(s1_rows), pushed.baddr.eq(s1_baddr),
             pushed.pindex.eq(s1_pindex), pushed.pfirst.eq(s1_pfirst),
             pushed.plast.eq(s1_plast), pushed.inwin.eq(s1_inwin),
         ]
@@ -526,14 +535,19 @@ class Accelerator(wiring.Component):
         a_bias = Signal(signed(accw))
         a_index = Signal(32)
         a_tag = Signal(tag_layout)
+        # the head tile's bias word, read while its row goes into the a registers: the
+        # word is out of the memory when the row is (the head changes only after its
+        # last row, and the rows of one tile share the word)
+        m.d.comb += b_rd.addr.eq(head.baddr)
+        m.d.comb += a_bias.eq(Mux(p.pool, 0, bword[a_tag.row]))
         with m.If(p.pool):
-            m.d.sync += [a_valid.eq(pool_valid), a_acc.eq(pool_acc), a_bias.eq(0),
+            m.d.sync += [a_valid.eq(pool_valid), a_acc.eq(pool_acc),
                          a_index.eq(pool_index), a_tag.write.eq(1),
                          a_tag.pindex.eq(pool_index), a_tag.pfirst.eq(1),
                          a_tag.plast.eq(1), a_tag.inwin.eq(1), a_tag.row.eq(0)]
         with m.Else():
             m.d.sync += [a_valid.eq(array.o.valid), a_acc.eq(array.o.payload),
-                         a_bias.eq(head.bias[row]), a_index.eq(head.index + row_off),
+                         a_index.eq(head.index + row_off),
                          a_tag.write.eq(row < head.rows),
                          a_tag.pindex.eq(head.pindex + prow_off),
                          a_tag.pfirst.eq(head.pfirst), a_tag.plast.eq(head.plast),
