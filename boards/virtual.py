@@ -36,6 +36,7 @@ that can ask for one in order with the bytes it wrote, for fault injection.
 """
 
 import json
+import os
 import re
 import select
 import socket
@@ -278,6 +279,11 @@ class VirtualBoard:
 
     Use as a context manager (start on entry, stop on exit), or call :meth:`start` and
     :meth:`stop`.
+
+    Raises
+    ------
+    OSError
+        The address cannot be listened on (in use, not local).
     """
 
     def __init__(self, program, *, target=None, host="127.0.0.1", port=0, divisor=DIVISOR,
@@ -291,7 +297,11 @@ class VirtualBoard:
         self._log = log or (lambda line: None)
         self._cache_dir = cache_dir
         self._build_args = list(build_args)
-        self._listener = socket.create_server((host, port))
+        try:
+            self._listener = socket.create_server((host, port))
+        except OSError as e:
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise OSError(f"Cannot listen on {host}:{port}: {why}") from None
         self.host, self.port = self._listener.getsockname()[:2]
         self.url = f"socket://{self.host}:{self.port}"
         self._bridge_listener = socket.create_server(("127.0.0.1", 0))

@@ -96,6 +96,9 @@ def cmd_run(args):
         link = Link(port, timeout=args.timeout, retries=args.retries)
         result = run_images(link, program, x, labels, progress=_Progress(),
                             run_timeout=args.run_timeout, network_name=name)
+    except KeyboardInterrupt:
+        print("\nsystolic: interrupted", file=sys.stderr)
+        return 130
     finally:
         port.close()
 

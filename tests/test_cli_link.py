@@ -178,6 +178,15 @@ def test_errors_are_one_line(argv, message, capsys):
     assert len(err.strip().splitlines()) == 1, err
 
 
+def test_serve_address_in_use(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--listen", f"127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"systolic: error: Cannot listen on 127.0.0.1:{port}: Address " \
+        f"already in use"
+
+
 @pytest.mark.slow
 def test_serve_process_answers_and_stops_on_sigint():
     """`systolic serve` as a process: it says where it listens, answers PING with the
