@@ -392,15 +392,25 @@ def generator_digest():
 
 def design_key(program):
     """A hex key of the accelerator's Verilog for ``program``: the program's content (its
-    network's weights, formats and layers, the array configuration, the schedule) and
-    :func:`generator_digest`.  ``None`` if the program cannot be serialized."""
+    network's weights, formats and layers, the array configuration, the schedule, the
+    tables of lookup-table activations) and :func:`generator_digest`.  ``None`` if the
+    program cannot be serialized."""
     import pickle
+
+    from systolic.golden.ops import lut_table
     try:
         content = pickle.dumps(program, protocol=5)
     except (pickle.PicklingError, TypeError, AttributeError):
         return None
     h = hashlib.sha256(content)
     h.update(generator_digest().encode())
+    # a lookup-table activation names a registered Python function: its table, not the
+    # name, is what the hardware holds
+    net = program.network
+    for j, layer in enumerate(net.layers):
+        if getattr(layer, "lut", None) is not None:
+            table = lut_table(layer.lut, net.tensor_formats[j], layer.out_format)
+            h.update(np.asarray(table, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
