@@ -33,7 +33,7 @@ Only iCE40 boards are supported: the ECP5 flow has not been tried (its DSP model
 import hashlib
 import importlib.metadata
 import os
-import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -183,6 +183,8 @@ def synthesize_netlist(program, *, board=DEFAULT_BOARD, cache_dir=None, timeout=
         if not (tmp / "netlist.v").is_file():
             raise SynthError("yosys wrote no netlist")
         (tmp / "design.il").unlink()
+        if folder.exists() and not (netlist.is_file() and stats.is_file()):
+            shutil.rmtree(folder, ignore_errors=True)       # left incomplete
         try:
             os.replace(tmp, folder)
         except OSError:                 # another process made it first
