@@ -2,7 +2,8 @@
 ``lenet5`` synthesized with yowasp Yosys (``synth_ice40``: SB_MAC16, SB_SPRAM256KA,
 SB_RAM40_4K, SB_LUT4...) and its netlist simulated with Yosys's iCE40 cell models under
 cocotb and Verilator, on 3 real MNIST images: bit-exact with the golden model, every counter
-as the compiler predicts (the cycles the RTL takes).
+as the compiler predicts, and the same outputs and counters as the RTL run through the same
+harness.
 
 Time, measured with an empty cache on the two shared cores (load average about 5): 3 min
 44 s (synthesis 59 s, Verilator build of netlist and cell models 129 s at -O0, simulation
@@ -18,6 +19,7 @@ from systolic.boards.targets import board
 from systolic.golden import models
 from systolic.golden.datasets import mnist
 from systolic.rtl.compiler import ArrayConfig, compile_network
+from systolic.sim.accel import simulate
 
 
 @pytest.mark.slow
@@ -41,6 +43,14 @@ def test_lenet5_icebreaker_netlist_real_images():
         assert b.cycles == b.busy_cycles == program.cycles
     assert result.sim.weight_beats == program.weight_words + program.bias_words
     np.testing.assert_array_equal(result.sim.outputs, result.sim.expected)
+    # and the RTL, through the same harness, does exactly the same (its build is cached by
+    # tests/sim/test_accel_weights.py)
+    rtl = simulate(program, x)
+    assert rtl.ok, rtl.first_problem()
+    np.testing.assert_array_equal(result.sim.outputs, rtl.outputs)
+    assert [(b.cycles, b.layer_cycles, b.beats, b.saturations) for b in result.sim.batches] \
+        == [(b.cycles, b.layer_cycles, b.beats, b.saturations) for b in rtl.batches]
+    assert result.sim.weight_cycles == rtl.weight_cycles
     print(f"gate level, lenet5 on the iCEBreaker preset: {result.bit_exact}/3 bit-exact, "
           f"{result.cycles} cycles ({program.cycles} per batch of 2); synthesis "
           f"{'ran' if result.synthesized else 'cached'} {result.synth_seconds:.0f} s, "
