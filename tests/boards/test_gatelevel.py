@@ -7,8 +7,9 @@ harness.
 
 Time, measured with an empty cache on the two shared cores (load average about 5): 3 min
 44 s (synthesis 59 s, Verilator build of netlist and cell models 129 s at -O0, simulation
-32 s: the weight load and two batches of 57,283 cycles); 45 s once the netlist and the build
-are cached.
+32 s: the weight load and two batches of about 57,000 cycles); a second measurement after an
+accelerator change gave synthesis 58 s, build 112 s, simulation 28 s.  About 20 s once the
+netlist and the build are cached.
 """
 
 import numpy as np
