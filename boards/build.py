@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from systolic.golden.errors import SystolicError
+from systolic.golden.errors import ConstraintError, SystolicError
 
 from .synth import FAMILIES, SynthError, run_yosys, yowasp_tool
 from .targets import BoardTarget, board, check_fit
@@ -141,7 +141,8 @@ class BuildReport:
             if used is None:
                 continue
             pct = f"{100 * used / total:5.1f}%" if total else ""
-            lines.append(f"{name:<14} {used:>7,} {total if total else '':>10} {pct:>6}")
+            avail_text = f"{total:,}" if total else ""
+            lines.append(f"{name:<14} {used:>7,} {avail_text:>10} {pct:>6}")
         for clk, c in sorted(self.fmax.items()):
             flag = "met" if c["met"] else "FAILS"
             lines.append(f"clock {clk}: Fmax {c['achieved_mhz']:.2f} MHz, constraint "
@@ -212,6 +213,23 @@ def _run(cmd, *, cwd, timeout, what, log=None):
     return proc
 
 
+def _overfull(log, target, cfg, net):
+    """Raise :class:`ConstraintError` if nextpnr stopped because a resource is overfull:
+    the logic cells are only known after synthesis, so this is where that is found."""
+    if not log.exists():
+        return
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.search(r"(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", line)
+        if m and int(m.group(2)) > int(m.group(3)):
+            bel, used, avail = m.group(1), int(m.group(2)), int(m.group(3))
+            what = {v: k for k, v in BELS[target.device.family].items()}.get(bel, bel)
+            smaller = [n for n in target.presets if n != "default"]
+            hint = f"; a smaller preset: {', '.join(smaller)}" if smaller else ""
+            raise ConstraintError(
+                f"{net} on a {cfg.rows}x{cfg.cols} array with the link needs {used:,} "
+                f"{what} ({bel}) after synthesis; {target.device.name} has {avail:,}{hint}")
+
+
 def _say(progress, text):
     if progress is not None:
         progress(text)
@@ -245,7 +263,8 @@ def build(program, target, *, out_dir, name="top", seed=1, baud=None, progress=p
     Raises
     ------
     ConstraintError
-        The network does not fit the device (before any tool runs).
+        The network does not fit the device: DSPs and memories before any tool runs,
+        logic cells when nextpnr finds them overfull.
     BuildError, SynthError
         A tool failed or is missing.
     """
@@ -318,8 +337,12 @@ def build(program, target, *, out_dir, name="top", seed=1, baud=None, progress=p
         cmd += [plat._nextpnr_device_options[plat.device], "--package",
                 plat._nextpnr_package_options[plat.package].upper(), "--speed",
                 str(plat.speed), "--lpf", f"{name}.lpf", "--textcfg", f"{name}.config"]
-    _run(cmd, cwd=out, timeout=limits["pnr"], what=f"{pnr} place and route",
-         log="nextpnr.log")
+    try:
+        _run(cmd, cwd=out, timeout=limits["pnr"], what=f"{pnr} place and route",
+             log="nextpnr.log")
+    except BuildError:
+        _overfull(out / "nextpnr.log", target, cfg, net)
+        raise
     report = json.loads((out / "nextpnr-report.json").read_text())
     util, fmax = parse_nextpnr_report(report, family)
     seconds["place and route"] = time.perf_counter() - t
