@@ -16,13 +16,17 @@ received bytes in a ring.  Both are plain Verilog written here, independent of t
 gateware's :mod:`.uart`, so a bit-order or timing bug there is not mirrored.
 
 Speed.  In simulation the UART divisor is small (:data:`DIVISOR` = 4 clock cycles per
-bit, so a character is 41 cycles), not the board's 115200 baud at its clock, or a
-byte would cost hundreds of cycles.  Python does not touch a pin per bit: the bench
+bit, so a character is 41 cycles), not the board's 1 Mbaud (42 cycles per bit at 42
+MHz), which would make every byte cost ten times as many cycles.  Python does not touch a pin per bit: the bench
 (:mod:`.tb_virtual`) hands the serializer up to :data:`TX_CHUNK` bytes at a time and wakes
 every :data:`WAKE_CHARS` character times to collect what ``tx`` produced, so the design
 runs free in between, the clock inside the model.  When nothing has crossed the line for
 :data:`IDLE_AFTER` seconds the bench waits on the socket before it advances the
-simulation again, so an idle server takes no CPU.
+simulation again, so an idle server takes no CPU.  Measured on this project's 2-core
+machine with the iCEBreaker's lenet5 top: 350,000 to 690,000 simulated cycles/s (the
+design's evaluation dominates; it depends on the machine's load), 7,000 to 14,600
+bytes/s through the socket while weights are written; a 1-image inference transaction
+(2 KB in, 70 frames) takes 0.4 s.
 
 Processes.  :class:`VirtualBoard` (in the caller's process) owns the TCP listener and
 relays bytes between the client and the bench, which runs in the simulator's process and

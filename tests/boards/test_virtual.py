@@ -261,6 +261,7 @@ def test_virtual_board_runs_images_and_survives_faults(capsys):
             f"{program.cycles:,} compiler model" in out
         assert ": exact (compiler's cycle model, golden saturations)" in out
         assert out.count(": pass (bit-exact)") == 5
+        assert vb.stats()["rx_errors"] == 0      # every character from tx was well framed
 
         # 2. faults through the socket and the gateware
         d = Descriptor.from_program(program)
