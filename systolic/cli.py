@@ -194,19 +194,6 @@ def cmd_golden(args):
     return 0
 
 
-def cmd_demo(args):
-    from systolic.golden import models
-    print(f"systolic demo: network {args.network}, board {args.board}")
-    net = models.load(args.network)
-    print("[1/5] golden model on 20 held-out MNIST images")
-    cmd_golden(argparse.Namespace(network=args.network, images=20, rounding=None, seed=None,
-                                  json=False))
-    print("[2/5] virtual board, [3/5] Verilog, [4/5] bitstream, [5/5] compare: not built yet "
-          "(the RTL and board issues); only the golden stage ran.")
-    del net
-    return 0
-
-
 def cmd_train(args):
     from systolic.golden import fxtrain
     from systolic.golden.datasets import mnist
@@ -477,10 +464,8 @@ def _parser():
                    help="also compare every stored layer tensor with the golden model")
     s.set_defaults(func=cmd_sim)
 
-    s = sub.add_parser("demo", help="the main job on the default network and board")
-    s.add_argument("--network", default="mnist-tiny")
-    s.add_argument("--board", default="icebreaker")
-    s.set_defaults(func=cmd_demo)
+    from . import cli_demo
+    cli_demo.add_parser(sub)
 
     from . import cli_link
     cli_link.add_parsers(sub)
