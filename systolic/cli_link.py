@@ -121,9 +121,10 @@ def cmd_run(args):
           f"{result.inferences_per_second(clock):,.0f} inferences/s at "
           f"{clock / 1e6:g} MHz (compute only)")
     wall = result.run_seconds
+    weights = (f"weights {result.weights_loaded} beats in {result.weight_seconds:.1f} s"
+               if result.weights_loaded else "weights in the bitstream")
     print(f"link:              {n / wall:.1f} images/s end to end over {args.port} "
-          f"({wall:.1f} s; weights {result.weights_loaded} beats in "
-          f"{result.weight_seconds:.1f} s); {result.link_stats['retransmissions']} "
+          f"({wall:.1f} s; {weights}); {result.link_stats['retransmissions']} "
           f"retransmissions")
     if result.ok:
         return 0
