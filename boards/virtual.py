@@ -338,8 +338,16 @@ class VirtualBoard:
         Raises
         ------
         VirtualBoardError, SimulatorError
-            The build failed or the simulation did not come up within ``timeout`` s.
+            The build failed or the simulation did not come up within ``timeout`` s
+            (everything started is stopped again).
         """
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout):
         from systolic.sim.accel import _new_run_dir, verilator_args
         from systolic.sim.runner import run_cocotb
         from systolic.sim.verilog import emit_verilog

@@ -24,6 +24,7 @@ the whole board test with a cached build; the loopback test 10 s.
 
 import collections
 import re
+import socket
 import time
 
 import numpy as np
@@ -73,6 +74,19 @@ def test_harness_rejects_a_top_without_its_pins(ports, message):
         f"  {p.strip()};" for p in ports.split(";") if p.strip()) + "\nendmodule\n"
     with pytest.raises(ValueError, match=re.escape(message)):
         harness_verilog(text)
+
+
+def test_failed_start_releases_the_port():
+    program = compile_network(models.load("mnist-tiny"), ArrayConfig(rows=2, cols=2))
+
+    def broken(program, **kwargs):
+        raise ValueError("UART divisor must be at least 4, not 2")
+    vb = VirtualBoard(program, top=broken)
+    with pytest.raises(ValueError, match="UART divisor must be at least 4, not 2"):
+        vb.start()
+    assert not vb.running
+    with socket.create_server((vb.host, vb.port)):      # the address is free again
+        pass
 
 
 class Loopback(wiring.Component):
