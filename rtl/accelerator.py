@@ -23,6 +23,10 @@ The datapath of a step::
 Nothing after the array ever stalls (the banks always accept a write), so the array's
 output is always ready and the cycle count of a step is exact
 (:meth:`~.compiler.Program.step_cycles`).
+
+With ``dataflow="ws"`` the conv/dense steps run through :meth:`Accelerator._ws_datapath`
+instead (corner turn -> weight-stationary array -> partial sums -> output transposer,
+on a static schedule); the memories, the pooling passes and the output path are shared.
 """
 
 from dataclasses import replace
@@ -33,6 +37,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from systolic.golden.accumulator import accumulator_width
 from systolic.golden.errors import ConstraintError
 
 from .array import SystolicArray
@@ -74,7 +79,7 @@ def _pack(image, width):
 
 def weight_stream_layout(program):
     """Payload of the accelerator's weight-rewrite stream ``w``."""
-    R = program.config.rows
+    R = program.lanes
     return data.StructLayout({
         "bias": 1,
         "addr": _u(max(program.weight_words, program.bias_words) - 1),
@@ -199,16 +204,17 @@ class Accelerator(wiring.Component):
         # -- memories -------------------------------------------------------------------
         if cfg.weight_memory == "spram":
             # empty at power-up: the weights come through the w stream
-            wmem = m.submodules.wmem = SPRAM(width=R * ww, depth=P.weight_words)
+            wmem = m.submodules.wmem = SPRAM(width=P.lanes * ww, depth=P.weight_words)
             w_rd = _SPRAMRead(wmem)
             w_wr = _SPRAMWrite(wmem)
         else:
             wmem = m.submodules.wmem = memory.Memory(
-                shape=unsigned(R * ww), depth=P.weight_words, init=_pack(P.weight_image, ww))
+                shape=unsigned(P.lanes * ww), depth=P.weight_words,
+                init=_pack(P.weight_image, ww))
             w_rd = wmem.read_port()
             w_wr = wmem.write_port()
         b_init = _pack(P.bias_image, accw)
-        bmem = m.submodules.bmem = memory.Memory(shape=unsigned(R * accw),
+        bmem = m.submodules.bmem = memory.Memory(shape=unsigned(P.lanes * accw),
                                                  depth=P.bias_words, init=b_init)
         b_rd = bmem.read_port()
         b_wr = bmem.write_port()
@@ -224,6 +230,19 @@ class Accelerator(wiring.Component):
 
         # -- step constants -------------------------------------------------------------
         # Loaded into registers at each step's setup from a table indexed by the step.
+        ws = cfg.dataflow == "ws"
+        P_ws = max(R, C)                # weight-stationary slot: R reads, C beats
+
+        def rows_of(s):
+            """Rows through the output path (including channels beyond C_out)."""
+            if s.kind == "pool":
+                return s.tiles
+            return s.channel_tiles * s.pixels * (C if s.dataflow == "ws" else R)
+
+        def ws_ext(s, pixels):
+            return max(0, P.ws_block_min - pixels * P_ws) if s.dataflow == "ws" else 0
+
+        mm_ws = [s for s in steps if s.dataflow == "ws"] or [None]
         H_max = max(max(s.in_shape[1], s.in_shape[2]) for s in steps)
         fields = {
             "pool": 1, "is_max": 1,
@@ -243,7 +262,7 @@ class Accelerator(wiring.Component):
             "k": _u(max(s.reduction for s in steps)),
             "in_base": _u(P.act_words), "out_base": _u(P.act_words),
             "w_base": _u(P.weight_words), "b_base": _u(P.bias_words),
-            "rows": _u(max(s.tiles * R for s in steps)),
+            "rows": _u(max(rows_of(s) for s in steps)),
             "layer": _u(max(s.layer for s in steps)),
             # output pixel order and the fused max pool (kp = 1: none, raster order)
             "kp": _u(max(max(s.fused_pool, 1) for s in steps)),
@@ -259,6 +278,16 @@ class Accelerator(wiring.Component):
                                      for s in steps)),
             "ybw0": signed(bits_for(max(s.top * s.in_shape[2] for s in steps)) + 1),
         }
+        if ws:
+            # weight-stationary matmul: k-tiles, pixels per group, the block-switch wait
+            # added to a block's last slot, weight words per channel tile, index step
+            fields.update({
+                "ws_kt": _u(max(s.k_tiles for s in mm_ws)),
+                "ws_g": _u(max(s.group for s in mm_ws)),
+                "ws_ext": _u(P.ws_block_min), "ws_ext_last": _u(P.ws_block_min),
+                "ws_kr": _u(max(s.k_tiles * R for s in mm_ws)),
+                "ws_ct_index": _u(max(C * s.pixels for s in mm_ws)),
+            })
         rq_layout = RequantConfig(aw, accw + 1, MAX_LEFT_SHIFT)
         pl = data.StructLayout({**fields, "rq": rq_layout})
         p = Signal(pl)
@@ -279,7 +308,7 @@ class Accelerator(wiring.Component):
                 "cout": s.out_shape[0], "k": s.reduction,
                 "in_base": s.in_base, "out_base": s.out_base,
                 "w_base": s.w_base, "b_base": s.b_base,
-                "rows": s.tiles if pool else s.tiles * R,
+                "rows": rows_of(s),
                 "layer": s.layer,
                 "kp": kp, "hp": hp, "wp": wp, "hpwp": hp * wp, "wpkp": wp * kp,
                 "band_ystep": kp * s.stride, "band_ywstep": kp * s.stride * s.in_shape[2],
@@ -288,6 +317,12 @@ class Accelerator(wiring.Component):
                 "ybw0": -s.top * s.in_shape[2],
                 "rq": {**s.requant, "mode": 0},
             }
+            if ws:
+                v.update({
+                    "ws_kt": s.k_tiles, "ws_g": s.group, "ws_ext": ws_ext(s, s.group),
+                    "ws_ext_last": ws_ext(s, s.last_group), "ws_kr": s.k_tiles * R,
+                    "ws_ct_index": C * s.pixels,
+                })
             return v
 
         step = self.step
@@ -361,13 +396,15 @@ class Accelerator(wiring.Component):
         s1_rows = Signal(range(R + 1))
         advance = Signal()
         gen_valid = Signal()
-        m.d.comb += gen_valid.eq((state == ST["RUN"]) & ~issued)
+        # weight-stationary: the generator below runs only the pooling passes
+        m.d.comb += gen_valid.eq((state == ST["RUN"]) & ~issued & (p.pool if ws else 1))
         issue = Signal()
         m.d.comb += issue.eq(gen_valid & advance)
 
         with m.If(state == ST["RUN"]):
             m.d.comb += [act_addr.eq(addr[:len(act_addr)]), act_en.eq(advance)]
-        m.d.comb += [w_rd.addr.eq(wt + kcount), w_rd.en.eq(advance)]
+        if not ws:
+            m.d.comb += [w_rd.addr.eq(wt + kcount), w_rd.en.eq(advance)]
         s1_baddr = Signal.like(p.b_base)                 # the tile's bias word
 
         rows_left = Signal(signed(bits_for(max(s.out_shape[0] for s in steps)) + 2))
@@ -446,65 +483,72 @@ class Accelerator(wiring.Component):
                                     m.d.sync += issued.eq(1)
 
         # -- the array and its tile metadata ---------------------------------------------
-        array = m.submodules.array = SystolicArray(
-            rows=R, cols=C, in_width=ww, weight_width=aw, dataflow="os",
-            multiplier=cfg.multiplier, acc_width=accw,
-            max_reduction=max([s.reduction for s in steps if s.kind == "matmul"] or [1]))
-        # A tile's metadata waits here for its rows.  It carries the bias word's address,
-        # not the R biases, and indices only as wide as the largest tensor: on the iCE40
-        # this FIFO is flip-flops, and R biases per entry were ~1,300 of them (8x2 array).
-        mm = [s for s in steps if s.kind == "matmul"] or steps
-        meta_layout = data.StructLayout({
-            # row 0's (pooled) index: below channel_tiles * R * (pooled) pixels
-            "index": _u(max(s.channel_tiles * R * s.pixels for s in mm)),
-            "rows": unsigned(bits_for(R)),
-            "pindex": _u(max(s.channel_tiles * R * (s.stored_shape[1] + 1) *
-                             (s.stored_shape[2] + 1) for s in mm)),
-            "pfirst": 1, "plast": 1, "inwin": 1,
-            "baddr": unsigned(len(s1_baddr))})
-        meta = m.submodules.meta = SyncFIFOBuffered(
-            width=meta_layout.size, depth=-(-(2 * R + C + 3) // R) + 2)
-        wword = data.View(data.ArrayLayout(signed(ww), R), w_rd.data)
-        bword = data.View(data.ArrayLayout(signed(accw), R), b_rd.data)
-        to_array = Signal()
-        m.d.comb += to_array.eq(s1_valid & ~p.pool)
-        room = Signal()
-        m.d.comb += room.eq(~s1_last | meta.w_rdy)
-        m.d.comb += [
-            array.i.valid.eq(to_array & room),
-            array.i.p.last.eq(s1_last),
-            array.o.ready.eq(1),
-        ]
-        for r in range(R):
-            m.d.comb += array.i.p.a[r].eq(wword[r])
-        for j in range(C):
-            m.d.comb += array.i.p.b[j].eq(Mux(s1_inside, banks[j][0].data, 0))
-        pushed = data.View(meta_layout, meta.w_data)
-        array_take = Signal()
-        m.d.comb += [
-            array_take.eq(array.i.valid & array.i.ready),
-            meta.w_en.eq(array_take & s1_last),
-            pushed.index.eq(s1_index), pushed.rows.eq(s1_rows), pushed.baddr.eq(s1_baddr),
-            pushed.pindex.eq(s1_pindex), pushed.pfirst.eq(s1_pfirst),
-            pushed.plast.eq(s1_plast), pushed.inwin.eq(s1_inwin),
-        ]
-        with m.If(p.pool):
-            m.d.comb += advance.eq(1)
-        with m.Else():
-            m.d.comb += advance.eq(~s1_valid | array_take)
-
-        # array rows: bias of the row's channel, index = tile index + r * howo
-        head = data.View(meta_layout, meta.r_data)
-        row = Signal(range(R))
-        row_off = Signal(32)
-        prow_off = Signal(32)
-        m.d.comb += meta.r_en.eq(array.o.valid & (row == R - 1))
-        with m.If(array.o.valid):
-            with m.If(row == R - 1):
-                m.d.sync += [row.eq(0), row_off.eq(0), prow_off.eq(0)]
+        if not ws:
+            array = m.submodules.array = SystolicArray(
+                rows=R, cols=C, in_width=ww, weight_width=aw, dataflow="os",
+                multiplier=cfg.multiplier, acc_width=accw,
+                max_reduction=max([s.reduction for s in steps if s.kind == "matmul"] or [1]))
+            # A tile's metadata waits here for its rows.  It carries the bias word's address,
+            # not the R biases, and indices only as wide as the largest tensor: on the iCE40
+            # this FIFO is flip-flops, and R biases per entry were ~1,300 of them (8x2 array).
+            mm = [s for s in steps if s.kind == "matmul"] or steps
+            meta_layout = data.StructLayout({
+                # row 0's (pooled) index: below channel_tiles * R * (pooled) pixels
+                "index": _u(max(s.channel_tiles * R * s.pixels for s in mm)),
+                "rows": unsigned(bits_for(R)),
+                "pindex": _u(max(s.channel_tiles * R * (s.stored_shape[1] + 1) *
+                                 (s.stored_shape[2] + 1) for s in mm)),
+                "pfirst": 1, "plast": 1, "inwin": 1,
+                "baddr": unsigned(len(s1_baddr))})
+            meta = m.submodules.meta = SyncFIFOBuffered(
+                width=meta_layout.size, depth=-(-(2 * R + C + 3) // R) + 2)
+            wword = data.View(data.ArrayLayout(signed(ww), R), w_rd.data)
+            bword = data.View(data.ArrayLayout(signed(accw), R), b_rd.data)
+            to_array = Signal()
+            m.d.comb += to_array.eq(s1_valid & ~p.pool)
+            room = Signal()
+            m.d.comb += room.eq(~s1_last | meta.w_rdy)
+            m.d.comb += [
+                array.i.valid.eq(to_array & room),
+                array.i.p.last.eq(s1_last),
+                array.o.ready.eq(1),
+            ]
+            for r in range(R):
+                m.d.comb += array.i.p.a[r].eq(wword[r])
+            for j in range(C):
+                m.d.comb += array.i.p.b[j].eq(Mux(s1_inside, banks[j][0].data, 0))
+            pushed = data.View(meta_layout, meta.w_data)
+            array_take = Signal()
+            m.d.comb += [
+                array_take.eq(array.i.valid & array.i.ready),
+                meta.w_en.eq(array_take & s1_last),
+                pushed.index.eq(s1_index), pushed.rows.eq(s1_rows), pushed.baddr.eq(s1_baddr),
+                pushed.pindex.eq(s1_pindex), pushed.pfirst.eq(s1_pfirst),
+                pushed.plast.eq(s1_plast), pushed.inwin.eq(s1_inwin),
+            ]
+            with m.If(p.pool):
+                m.d.comb += advance.eq(1)
             with m.Else():
-                m.d.sync += [row.eq(row + 1), row_off.eq(row_off + p.howo),
-                             prow_off.eq(prow_off + p.hpwp)]
+                m.d.comb += advance.eq(~s1_valid | array_take)
+
+            # array rows: bias of the row's channel, index = tile index + r * howo
+            head = data.View(meta_layout, meta.r_data)
+            row = Signal(range(R))
+            row_off = Signal(32)
+            prow_off = Signal(32)
+            m.d.comb += meta.r_en.eq(array.o.valid & (row == R - 1))
+            with m.If(array.o.valid):
+                with m.If(row == R - 1):
+                    m.d.sync += [row.eq(0), row_off.eq(0), prow_off.eq(0)]
+                with m.Else():
+                    m.d.sync += [row.eq(row + 1), row_off.eq(row_off + p.howo),
+                                 prow_off.eq(prow_off + p.hpwp)]
+        else:
+            array_take, ws_reset, ws_rows = self._ws_datapath(
+                m, P, p, state == ST["RUN"], issued, banks, w_rd, b_rd,
+                dict(kx=kx, ky=ky, ci=ci, kyw=kyw, cioff=cioff, ox=ox, xb=xb, yb=yb,
+                     ybw=ybw, addr_inside=inside))
+            m.d.comb += advance.eq(1)         # the pooling passes never wait
 
         # -- pooling reducer ---------------------------------------------------------------
         racc = Signal(data.ArrayLayout(signed(accw), C))
@@ -538,20 +582,34 @@ class Accelerator(wiring.Component):
         # the head tile's bias word, read while its row goes into the a registers: the
         # word is out of the memory when the row is (the head changes only after its
         # last row, and the rows of one tile share the word)
-        m.d.comb += b_rd.addr.eq(head.baddr)
-        m.d.comb += a_bias.eq(Mux(p.pool, 0, bword[a_tag.row]))
+        if not ws:
+            m.d.comb += b_rd.addr.eq(head.baddr)
+            m.d.comb += a_bias.eq(Mux(p.pool, 0, bword[a_tag.row]))
+        else:
+            # weight-stationary: the transposer's row carries its bias
+            ws_bias = Signal(signed(accw))
+            m.d.sync += ws_bias.eq(ws_rows["bias"])
+            m.d.comb += a_bias.eq(Mux(p.pool, 0, ws_bias))
         with m.If(p.pool):
             m.d.sync += [a_valid.eq(pool_valid), a_acc.eq(pool_acc),
                          a_index.eq(pool_index), a_tag.write.eq(1),
                          a_tag.pindex.eq(pool_index), a_tag.pfirst.eq(1),
                          a_tag.plast.eq(1), a_tag.inwin.eq(1), a_tag.row.eq(0)]
         with m.Else():
-            m.d.sync += [a_valid.eq(array.o.valid), a_acc.eq(array.o.payload),
-                         a_index.eq(head.index + row_off),
-                         a_tag.write.eq(row < head.rows),
-                         a_tag.pindex.eq(head.pindex + prow_off),
-                         a_tag.pfirst.eq(head.pfirst), a_tag.plast.eq(head.plast),
-                         a_tag.inwin.eq(head.inwin), a_tag.row.eq(row)]
+            if not ws:
+                m.d.sync += [a_valid.eq(array.o.valid), a_acc.eq(array.o.payload),
+                             a_index.eq(head.index + row_off),
+                             a_tag.write.eq(row < head.rows),
+                             a_tag.pindex.eq(head.pindex + prow_off),
+                             a_tag.pfirst.eq(head.pfirst), a_tag.plast.eq(head.plast),
+                             a_tag.inwin.eq(head.inwin), a_tag.row.eq(row)]
+            else:
+                # weight-stationary: a row out of the output transposer; no fused pool
+                m.d.sync += [a_valid.eq(ws_rows["valid"]), a_acc.eq(ws_rows["acc"]),
+                             a_index.eq(ws_rows["index"]),
+                             a_tag.write.eq(ws_rows["write"]),
+                             a_tag.pindex.eq(ws_rows["index"]), a_tag.pfirst.eq(1),
+                             a_tag.plast.eq(1), a_tag.inwin.eq(1), a_tag.row.eq(0)]
 
         stochastic = cfg.stochastic
         if stochastic:
@@ -704,7 +762,11 @@ class Accelerator(wiring.Component):
                          band.eq(0), dy.eq(0), dx.eq(0), px.eq(0), ho_left.eq(p.ho),
                          band_pix.eq(0), pidx_band.eq(0), ct_pindex.eq(0),
                          band_yb.eq(-p.top), band_ybw.eq(p.ybw0),
-                         wt.eq(p.w_base), row.eq(0), row_off.eq(0), prow_off.eq(0)]
+                         wt.eq(p.w_base)]
+            if ws:
+                m.d.sync += ws_reset
+            else:
+                m.d.sync += [row.eq(0), row_off.eq(0), prow_off.eq(0)]
 
         with m.Switch(state):
             with m.Case(ST["LOAD"]):
@@ -740,3 +802,291 @@ class Accelerator(wiring.Component):
                         m.d.sync += [o_valid.eq(1), o_last.eq(out_count == P.output_words - 1),
                                      out_count.eq(out_count + 1)]
         return m
+
+    def _ws_datapath(self, m, P, p, run, issued, banks, w_rd, b_rd, gen):
+        """The weight-stationary matmul datapath (docs/accelerator.md).
+
+        A static schedule of slots: slot ``s`` (one output pixel, one k-tile) reads the
+        ``R`` reduction elements of the pixel from all ``C`` banks at once (``R`` cycles,
+        the first corner turn fills an ``R x C`` half-buffer), then drains the half as
+        ``C`` array beats (beat ``c`` = image ``c``'s ``R`` values) starting ``R + 1``
+        cycles after the slot began.  Slots are ``max(R, C)`` cycles apart; a block's
+        last slot waits so that blocks are at least ``2R + C - 1`` cycles apart (the
+        array's weight double buffer), so the array never holds a beat back.  The weight
+        words stream into the array as fast as it takes them.
+
+        Array outputs go to a partial-sum memory of ``G * C`` entries (first k-tile
+        writes, later ones add); the last k-tile's entries of a pixel (``C`` images x
+        ``C`` channels) fill the output transposer, which drains as ``C`` rows (one
+        channel, ``C`` images) into the output path.
+
+        Returns the array's beat-taken signal, the statements that reset the datapath
+        at a step's start, and the row entering the output path (a dict of signals).
+        """
+        cfg = P.config
+        R, C = cfg.rows, cfg.cols
+        aw, ww, accw = P.act_width, P.weight_width, P.acc_width
+        slot = max(R, C)
+        ws_steps = [s for s in P.steps if s.dataflow == "ws"]
+        reset = []
+
+        def reg(shape, name, init_stmt=None):
+            sig = Signal(shape, name=name)
+            if init_stmt is not None:
+                reset.append(sig.eq(init_stmt))
+            return sig
+
+        array_acc = max(accw, accumulator_width(aw, ww, R))
+        array = m.submodules.array = SystolicArray(
+            rows=R, cols=C, in_width=aw, weight_width=ww, dataflow="ws",
+            multiplier=cfg.multiplier, acc_width=array_acc)
+
+        # -- reader: slots, the first corner turn ---------------------------------------
+        kx, ky, ci, kyw, cioff = gen["kx"], gen["ky"], gen["ci"], gen["kyw"], gen["cioff"]
+        ox, xb, yb, ybw = gen["ox"], gen["xb"], gen["yb"], gen["ybw"]
+        active = Signal()
+        m.d.comb += active.eq(run & ~p.pool & ~issued)
+        tick = reg(range(slot + P.ws_block_min + 1), "ws_tick", 0)
+        half = reg(1, "ws_half", 0)
+        pg = reg(Signal.like(p.ws_g).shape(), "ws_pg", 0)        # pixel in the group
+        kt = reg(Signal.like(p.ws_kt).shape(), "ws_kt", 0)
+        nt = reg(Signal.like(p.ct_count).shape(), "ws_nt", 0)
+        gleft = reg(Signal.like(p.howo).shape(), "ws_gleft", p.howo)
+        kmax = max(s.k_tiles * R for s in ws_steps)
+        kidx = reg(_u(kmax), "ws_kidx", 0)
+        # the reduction counters at the k-tile's start, the pixel at the group's start
+        k0 = {n: reg(Signal.like(v).shape(), f"ws_k0_{n}", 0)
+              for n, v in (("kx", kx), ("ky", ky), ("ci", ci), ("kyw", kyw),
+                           ("cioff", cioff), ("kidx", kidx))}
+        g0 = {"ox": reg(Signal.like(ox).shape(), "ws_g0_ox", 0),
+              "xb": reg(Signal.like(xb).shape(), "ws_g0_xb", -p.left),
+              "yb": reg(Signal.like(yb).shape(), "ws_g0_yb", -p.top),
+              "ybw": reg(Signal.like(ybw).shape(), "ws_g0_ybw", p.ybw0)}
+        cur_k = {"kx": kx, "ky": ky, "ci": ci, "kyw": kyw, "cioff": cioff, "kidx": kidx}
+        cur_g = {"ox": ox, "xb": xb, "yb": yb, "ybw": ybw}
+
+        gsize = Signal.like(gleft)
+        last_group = Signal()
+        m.d.comb += [gsize.eq(Mux(gleft < p.ws_g, gleft, p.ws_g)),
+                     last_group.eq(gleft <= p.ws_g)]
+        last_pg = pg == gsize - 1
+        ext = Signal.like(p.ws_ext)
+        m.d.comb += ext.eq(Mux(last_pg, Mux(last_group, p.ws_ext_last, p.ws_ext), 0))
+        reading = Signal()
+        slot_end = Signal()
+        m.d.comb += [reading.eq(active & (tick < R)),
+                     slot_end.eq(active & (tick == slot - 1 + ext))]
+
+        # the next reduction element (kx fastest, then ky, then ci)
+        nxt_k = {n: Signal.like(v, name=f"ws_next_{n}") for n, v in cur_k.items()}
+        m.d.comb += [nxt_k[n].eq(v) for n, v in cur_k.items()]
+        m.d.comb += nxt_k["kidx"].eq(kidx + 1)
+        with m.If(kx != p.kw - 1):
+            m.d.comb += nxt_k["kx"].eq(kx + 1)
+        with m.Else():
+            m.d.comb += nxt_k["kx"].eq(0)
+            with m.If(ky != p.kh - 1):
+                m.d.comb += [nxt_k["ky"].eq(ky + 1), nxt_k["kyw"].eq(kyw + p.w)]
+            with m.Else():
+                m.d.comb += [nxt_k["ky"].eq(0), nxt_k["kyw"].eq(0),
+                             nxt_k["ci"].eq(ci + 1), nxt_k["cioff"].eq(cioff + p.hw)]
+        # the next output pixel (raster order)
+        nxt_g = {n: Signal.like(v, name=f"ws_next_{n}") for n, v in cur_g.items()}
+        with m.If(ox != p.wo - 1):
+            m.d.comb += [nxt_g["ox"].eq(ox + 1), nxt_g["xb"].eq(xb + p.stride),
+                         nxt_g["yb"].eq(yb), nxt_g["ybw"].eq(ybw)]
+        with m.Else():
+            m.d.comb += [nxt_g["ox"].eq(0), nxt_g["xb"].eq(-p.left),
+                         nxt_g["yb"].eq(yb + p.stride),
+                         nxt_g["ybw"].eq(ybw + Mux(p.stride == 2, p.w << 1, p.w))]
+
+        with m.If(active):
+            m.d.sync += tick.eq(tick + 1)
+        with m.If(reading):
+            m.d.sync += [v.eq(nxt_k[n]) for n, v in cur_k.items()]
+        with m.If(slot_end):
+            m.d.sync += [tick.eq(0), half.eq(~half)]
+            with m.If(~last_pg):
+                # next pixel of the group, same k-tile
+                m.d.sync += pg.eq(pg + 1)
+                m.d.sync += [v.eq(k0[n]) for n, v in cur_k.items()]
+                m.d.sync += [v.eq(nxt_g[n]) for n, v in cur_g.items()]
+            with m.Else():
+                m.d.sync += pg.eq(0)
+                with m.If(kt != p.ws_kt - 1):
+                    # next k-tile: it starts where this slot's reads ended
+                    m.d.sync += kt.eq(kt + 1)
+                    m.d.sync += [k0[n].eq(Mux(reading, nxt_k[n], v))
+                                 for n, v in cur_k.items()]
+                    m.d.sync += [v.eq(Mux(reading, nxt_k[n], v)) for n, v in cur_k.items()]
+                    m.d.sync += [v.eq(g0[n]) for n, v in cur_g.items()]
+                with m.Else():
+                    # next group (or channel tile)
+                    m.d.sync += kt.eq(0)
+                    m.d.sync += [k0[n].eq(0) for n in cur_k]
+                    m.d.sync += [v.eq(0) for v in cur_k.values()]
+                    with m.If(~last_group):
+                        m.d.sync += gleft.eq(gleft - p.ws_g)
+                        m.d.sync += [v.eq(nxt_g[n]) for n, v in cur_g.items()]
+                        m.d.sync += [g0[n].eq(nxt_g[n]) for n in cur_g]
+                    with m.Else():
+                        start = {"ox": 0, "xb": -p.left, "yb": -p.top, "ybw": p.ybw0}
+                        m.d.sync += gleft.eq(p.howo)
+                        m.d.sync += [v.eq(start[n]) for n, v in cur_g.items()]
+                        m.d.sync += [g0[n].eq(start[n]) for n in cur_g]
+                        with m.If(nt != p.ct_count - 1):
+                            m.d.sync += nt.eq(nt + 1)
+                        with m.Else():
+                            m.d.sync += issued.eq(1)
+
+        # the read lands a cycle later; zero padding and k beyond K are masked
+        rd_valid, rd_mask, rd_half, rd_last, rd_first = (
+            Signal(name="ws_rd_valid"), Signal(name="ws_rd_mask"),
+            Signal(name="ws_rd_half"), Signal(name="ws_rd_last"),
+            Signal(name="ws_rd_first"))
+        rd_r = Signal(range(R), name="ws_rd_r")
+        m.d.sync += [rd_valid.eq(reading), rd_r.eq(tick[:len(rd_r)]),
+                     rd_mask.eq(gen["addr_inside"] & (kidx < p.k)), rd_half.eq(half),
+                     rd_last.eq(tick == R - 1), rd_first.eq(pg == 0)]
+        turn = [[[Signal(signed(aw), name=f"ws_turn_{h}_{r}_{j}") for j in range(C)]
+                 for r in range(R)] for h in range(2)]
+        with m.If(rd_valid):
+            for h in range(2):
+                for r in range(R):
+                    with m.If((rd_half == h) & (rd_r == r)):
+                        m.d.sync += [turn[h][r][j].eq(Mux(rd_mask, banks[j][0].data, 0))
+                                     for j in range(C)]
+
+        # drain: beat c = image c's R values of the slot
+        d_active = reg(1, "ws_drain", 0)
+        d_c = Signal(range(C), name="ws_drain_c")
+        d_half, d_first = Signal(name="ws_drain_half"), Signal(name="ws_drain_first")
+        with m.If(d_active):
+            m.d.sync += d_c.eq(d_c + 1)
+            with m.If(d_c == C - 1):
+                m.d.sync += [d_active.eq(0), d_c.eq(0)]
+        with m.If(rd_valid & rd_last):
+            m.d.sync += [d_active.eq(1), d_c.eq(0), d_half.eq(rd_half),
+                         d_first.eq(rd_first)]
+        m.d.comb += [array.i.valid.eq(d_active),
+                     array.i.p.first.eq(d_first & (d_c == 0))]
+        for r in range(R):
+            pick = [Array(turn[h][r][j] for j in range(C))[d_c] for h in range(2)]
+            m.d.comb += array.i.p.a[r].eq(Mux(d_half, pick[1], pick[0]))
+        array_take = Signal()
+        m.d.comb += array_take.eq(array.i.valid & array.i.ready)
+
+        # -- weights: prefetched words, taken as the array allows ----------------------
+        wv = reg(1, "ws_w_valid", 0)
+        wdone = reg(1, "ws_w_done", 0)
+        wi = reg(Signal.like(p.ws_kr).shape(), "ws_w_i", 0)
+        wgleft = reg(Signal.like(p.howo).shape(), "ws_w_gleft", p.howo)
+        wnt = reg(Signal.like(p.ct_count).shape(), "ws_w_nt", 0)
+        wbase = reg(_u(P.weight_words), "ws_w_base", p.w_base)
+        w_take = Signal()
+        fetch = Signal()
+        m.d.comb += [
+            w_take.eq(array.w.valid & array.w.ready),
+            fetch.eq(run & ~p.pool & (~wv | w_take) & ~wdone),
+            w_rd.addr.eq(wbase + wi), w_rd.en.eq(fetch),
+            array.w.valid.eq(wv),
+            array.w.payload.eq(data.View(data.ArrayLayout(signed(ww), C), w_rd.data)),
+        ]
+        with m.If(fetch):
+            m.d.sync += wv.eq(1)
+            with m.If(wi != p.ws_kr - 1):
+                m.d.sync += wi.eq(wi + 1)
+            with m.Else():
+                m.d.sync += wi.eq(0)
+                with m.If(wgleft > p.ws_g):
+                    m.d.sync += wgleft.eq(wgleft - p.ws_g)
+                with m.Else():
+                    m.d.sync += wgleft.eq(p.howo)
+                    with m.If(wnt != p.ct_count - 1):
+                        m.d.sync += [wnt.eq(wnt + 1), wbase.eq(wbase + p.ws_kr)]
+                    with m.Else():
+                        m.d.sync += wdone.eq(1)
+        with m.Elif(w_take):
+            m.d.sync += wv.eq(0)
+
+        # -- array outputs: partial sums ------------------------------------------------
+        m.d.comb += array.o.ready.eq(1)
+        gmax = max(s.group for s in ws_steps)
+        psum = m.submodules.psum = memory.Memory(
+            shape=data.ArrayLayout(signed(accw), C), depth=max(gmax * C, 2), init=[])
+        ps_rd = psum.read_port()
+        ps_wr = psum.write_port()
+        oc = reg(range(C), "ws_o_c", 0)
+        op = reg(Signal.like(p.ws_g).shape(), "ws_o_p", 0)
+        oe = reg(range(max(gmax * C, 2)), "ws_o_e", 0)
+        okt = reg(Signal.like(p.ws_kt).shape(), "ws_o_kt", 0)
+        ogleft = reg(Signal.like(p.howo).shape(), "ws_o_gleft", p.howo)
+        opix = reg(Signal.like(p.howo).shape(), "ws_o_pix", 0)   # the group's first pixel
+        oindex = reg(unsigned(32), "ws_o_index", 0)                # nt * C * pixels
+        och = reg(Signal.like(p.cout).shape(), "ws_o_ch", 0)      # nt * C
+        ob = reg(_u(P.bias_words), "ws_o_b", p.b_base)
+        ogsize = Signal.like(ogleft)
+        m.d.comb += [ogsize.eq(Mux(ogleft < p.ws_g, ogleft, p.ws_g)),
+                     ps_rd.addr.eq(oe), ps_rd.en.eq(1),
+                     b_rd.addr.eq(ob), b_rd.en.eq(1)]
+        with m.If(array.o.valid):
+            m.d.sync += [oc.eq(oc + 1), oe.eq(oe + 1)]
+            with m.If(oc == C - 1):
+                m.d.sync += [oc.eq(0), op.eq(op + 1)]
+                with m.If(op == ogsize - 1):
+                    m.d.sync += [op.eq(0), oe.eq(0), okt.eq(okt + 1)]
+                    with m.If(okt == p.ws_kt - 1):
+                        m.d.sync += okt.eq(0)
+                        with m.If(ogleft > p.ws_g):
+                            m.d.sync += [ogleft.eq(ogleft - p.ws_g),
+                                         opix.eq(opix + p.ws_g)]
+                        with m.Else():
+                            m.d.sync += [ogleft.eq(p.howo), opix.eq(0),
+                                         oindex.eq(oindex + p.ws_ct_index),
+                                         och.eq(och + C), ob.eq(ob + 1)]
+        sb_valid, sb_first, sb_last = (Signal(name="ws_sb_valid"), Signal(name="ws_sb_first"),
+                                       Signal(name="ws_sb_last"))
+        sb_out = Signal(data.ArrayLayout(signed(accw), C), name="ws_sb_out")
+        sb_e = Signal.like(oe, name="ws_sb_e")
+        sb_c = Signal(range(C), name="ws_sb_c")
+        sb_index = Signal(32, name="ws_sb_index")
+        sb_ch = Signal.like(och, name="ws_sb_ch")
+        m.d.sync += [sb_valid.eq(array.o.valid), sb_first.eq(okt == 0),
+                     sb_last.eq(okt == p.ws_kt - 1), sb_e.eq(oe), sb_c.eq(oc),
+                     sb_index.eq(oindex + opix + op), sb_ch.eq(och)]
+        m.d.sync += [sb_out[n].eq(array.o.payload[n]) for n in range(C)]
+        total = Signal(data.ArrayLayout(signed(accw), C), name="ws_sum")
+        for n in range(C):
+            m.d.comb += total[n].eq(Mux(sb_first, 0, ps_rd.data[n]) + sb_out[n])
+        m.d.comb += [ps_wr.addr.eq(sb_e), ps_wr.data.eq(total), ps_wr.en.eq(sb_valid)]
+
+        # -- the output transposer: C images x C channels -> C rows ----------------------
+        tr = [[[Signal(signed(accw), name=f"ws_tr_{h}_{j}_{n}") for n in range(C)]
+               for j in range(C)] for h in range(2)]
+        th = reg(1, "ws_tr_half", 0)
+        x_active = reg(1, "ws_x_active", 0)
+        x_n = Signal(range(C), name="ws_x_n")
+        x_half = Signal(name="ws_x_half")
+        x_bias = Signal(data.ArrayLayout(signed(accw), C), name="ws_x_bias")
+        x_index = Signal(32, name="ws_x_index")
+        x_ch = Signal.like(och, name="ws_x_ch")
+        with m.If(sb_valid & sb_last):
+            for h in range(2):
+                for j in range(C):
+                    with m.If((th == h) & (sb_c == j)):
+                        m.d.sync += [tr[h][j][n].eq(total[n]) for n in range(C)]
+        with m.If(x_active):
+            m.d.sync += [x_n.eq(x_n + 1), x_index.eq(x_index + p.howo)]
+            with m.If(x_n == C - 1):
+                m.d.sync += [x_active.eq(0), x_n.eq(0)]
+        with m.If(sb_valid & sb_last & (sb_c == C - 1)):
+            m.d.sync += [th.eq(~th), x_active.eq(1), x_n.eq(0), x_half.eq(th),
+                         x_bias.eq(b_rd.data), x_index.eq(sb_index), x_ch.eq(sb_ch)]
+        acc = Signal(data.ArrayLayout(signed(accw), C), name="ws_row_acc")
+        for j in range(C):
+            pick = [Array(tr[h][j][n] for n in range(C))[x_n] for h in range(2)]
+            m.d.comb += acc[j].eq(Mux(x_half, pick[1], pick[0]))
+        rows = {"valid": x_active, "acc": acc,
+                "bias": Array(x_bias[n] for n in range(C))[x_n],
+                "index": x_index, "write": (x_ch + x_n) < p.cout}
+        return array_take, reset, rows

@@ -64,7 +64,9 @@ class ArrayConfig:
     cols : int
         PE columns ``C``, 1..32: the batch, images computed in lock step.
     dataflow : str
-        ``"os"``; ``"ws"`` is not built into the accelerator yet (the array supports it).
+        ``"os"`` (output-stationary: ``R`` output channels of one pixel per tile) or
+        ``"ws"`` (weight-stationary: a block of ``R`` reduction elements x ``C`` output
+        channels stays in the array; see docs/accelerator.md).
     multiplier : str
         ``"inferred"``, ``"lut"`` or ``"sb_mac16"`` (:mod:`systolic.rtl.mac`).
     stochastic : bool
@@ -76,7 +78,8 @@ class ArrayConfig:
         :class:`~systolic.golden.errors.ConstraintError`.
     fuse_pool : bool
         Fuse a max pool (stride = kernel) that follows a convolution into the
-        convolution's output (no separate pass, no stored conv output).
+        convolution's output (no separate pass, no stored conv output).  Output-stationary
+        only: with ``"ws"`` every pool is its own pass.
     weight_memory : str
         ``"bram"`` (block RAM, initialized by the bitstream) or ``"spram"`` (iCE40
         UltraPlus SPRAM, :mod:`systolic.rtl.spram`: 8x larger, but empty at power-up, so
@@ -104,9 +107,6 @@ class ArrayConfig:
         if self.dataflow not in DATAFLOWS:
             raise ValueError(f"Dataflow must be one of {', '.join(DATAFLOWS)}, not "
                              f"{self.dataflow!r}")
-        if self.dataflow != "os":
-            raise ValueError("Dataflow 'ws' is not supported by the accelerator yet; "
-                             "use 'os'")
         if self.multiplier not in MULTIPLIERS:
             raise ValueError(f"Multiplier must be one of {', '.join(MULTIPLIERS)}, not "
                              f"{self.multiplier!r}")
@@ -165,12 +165,11 @@ class Step:
         Window geometry (dense: a 1x1 "convolution" of ``C*H*W`` input channels over a
         1x1 map; pooling: the pooling window, no padding).
     reduction : int
-        Beats per output: ``K = C_in * kh * kw`` (matmul) or ``kh * kw`` (pool).
+        ``K = C_in * kh * kw`` (matmul: beats per output-stationary tile) or ``kh * kw``
+        (pool).
     channel_tiles : int
-        ``ceil(C_out / R)`` (matmul) or 1 (pool).
-    outputs : int
-        Output rows the step writes (``channel_tiles * pixels * R`` rows for a matmul,
-        some beyond ``C_out`` and not written; ``C * Ho * Wo`` for a pool).
+        ``ceil(C_out / R)`` (output-stationary matmul), ``ceil(C_out / C)``
+        (weight-stationary matmul) or 1 (pool).
     w_base, b_base : int
         First weight word and bias word (matmul).
     requant : dict
@@ -190,6 +189,15 @@ class Step:
         tensor is never stored).
     cycles : int
         Predicted cycles (:meth:`Program.step_cycles`).
+    dataflow : str
+        ``"os"`` or ``"ws"`` (a matmul step of a weight-stationary program).
+    k_tiles : int
+        Weight-stationary: reduction tiles ``ceil(K / R)`` (one weight block each).
+    group : int
+        Weight-stationary: output pixels per block, ``G`` (the last group of a channel
+        tile may be smaller).
+    beats : int
+        Array beats of the step (each ``R * C`` multiply slots).
     """
     layer: int
     kind: str
@@ -213,6 +221,10 @@ class Step:
     tensor: int = 0
     fused_pool: int = 0
     cycles: int = 0
+    dataflow: str = "os"
+    k_tiles: int = 0
+    group: int = 0
+    beats: int = 0
 
     @property
     def pixels(self):
@@ -231,6 +243,16 @@ class Step:
         return self.channel_tiles * self.pixels if self.kind == "matmul" else \
             int(np.prod(self.out_shape))
 
+    @property
+    def groups(self):
+        """Weight-stationary: pixel groups per channel tile, ``ceil(pixels / G)``."""
+        return _ceil_div(self.pixels, self.group) if self.group else 0
+
+    @property
+    def last_group(self):
+        """Weight-stationary: pixels in a channel tile's last group."""
+        return self.pixels - (self.groups - 1) * self.group if self.group else 0
+
 
 @dataclass(frozen=True)
 class Program:
@@ -245,9 +267,10 @@ class Program:
         Widths of stored activations, weights, and the array's accumulators.
     region_words : int
         Words of each of the two activation regions (the largest tensor).
-    weight_image : ndarray, shape (weight_words, R)
-        The weight memory, word ``w`` holding ``R`` weights.
-    bias_image : ndarray, shape (bias_words, R)
+    weight_image : ndarray, shape (weight_words, lanes)
+        The weight memory, word ``w`` holding ``lanes`` weights (``R`` output-stationary,
+        ``C`` weight-stationary).
+    bias_image : ndarray, shape (bias_words, lanes)
         The bias memory (biases aligned to their layer's accumulator scale).
     """
     network: QNetwork
@@ -261,6 +284,12 @@ class Program:
     bias_image: np.ndarray = field(repr=False)
 
     # -- memory map -------------------------------------------------------------------
+
+    @property
+    def lanes(self):
+        """Values per weight and bias word: ``R`` (output-stationary: the output channels
+        of a tile) or ``C`` (weight-stationary: a row of a weight block)."""
+        return self.config.cols if self.config.dataflow == "ws" else self.config.rows
 
     @property
     def act_words(self):
@@ -278,7 +307,7 @@ class Program:
 
     @property
     def weight_bits(self):
-        return self.weight_words * self.config.rows * self.weight_width
+        return self.weight_words * self.lanes * self.weight_width
 
     @property
     def bias_words(self):
@@ -286,7 +315,7 @@ class Program:
 
     @property
     def bias_bits(self):
-        return self.bias_words * self.config.rows * self.acc_width
+        return self.bias_words * self.lanes * self.acc_width
 
     @property
     def input_words(self):
@@ -299,6 +328,11 @@ class Program:
     @property
     def output_base(self):
         return self.steps[-1].out_base
+
+    @property
+    def beats(self):
+        """Array beats of one run (the accelerator's ``beats`` counter)."""
+        return sum(s.beats for s in self.steps)
 
     # -- timing -----------------------------------------------------------------------
 
@@ -320,6 +354,14 @@ class Program:
         # one cycle loads the step's constants and starts the key schedule, whose keys
         # are ready ROUNDS - 1 cycles later; the run starts the cycle after
         setup = 1 + srgen.ROUNDS
+        if step.kind == "matmul" and step.dataflow == "ws":
+            # slots of max(R, C) cycles, one per (pixel, k-tile); the last one starts
+            # ``span`` cycles after the run's first; then R + 1 cycles to the corner
+            # turn, C - 1 to drain it, the array, the partial-sum add and C rows out of
+            # the output transposer
+            span = self.ws_issue_cycles(step) - self.ws_block_cycles(step.last_group) + \
+                (step.last_group - 1) * self.ws_slot
+            return setup + 1 + span + 2 * R + 3 * C + 4 + self.output_latency
         if step.kind == "matmul":
             k = step.reduction
             issue = (step.tiles - 1) * max(k, R) + k          # beats accepted
@@ -327,6 +369,30 @@ class Program:
             return setup + 1 + issue + array + self.output_latency
         beats = step.tiles * step.reduction
         return setup + 1 + beats + 1 + self.output_latency
+
+    # -- weight-stationary schedule ---------------------------------------------------
+
+    @property
+    def ws_slot(self):
+        """Cycles per (pixel, k-tile) slot: ``R`` reads into the corner turn, ``C`` beats
+        out of it, overlapped (double buffer): ``max(R, C)``."""
+        return max(self.config.rows, self.config.cols)
+
+    @property
+    def ws_block_min(self):
+        """Fewest cycles between two weight blocks' first beats: the array takes the
+        next block ``R + C - 1`` cycles after a first beat, in ``R`` beats."""
+        return 2 * self.config.rows + self.config.cols - 1
+
+    def ws_block_cycles(self, pixels):
+        """Cycles of a block of ``pixels`` slots: ``max(pixels * slot, 2R + C - 1)``."""
+        return max(pixels * self.ws_slot, self.ws_block_min)
+
+    def ws_issue_cycles(self, step):
+        """Cycles of all of a weight-stationary step's blocks, back to back."""
+        return step.channel_tiles * step.k_tiles * (
+            (step.groups - 1) * self.ws_block_cycles(step.group) +
+            self.ws_block_cycles(step.last_group))
 
     @property
     def cycles(self):
@@ -354,7 +420,12 @@ class Program:
             op = f"{s.op}+maxpool" if s.fused_pool else s.op
             entry = {"layer": s.layer, "op": op, "macs": s.macs, "cycles": s.cycles,
                      "utilization": ideal / s.cycles if s.cycles else 0.0}
-            if s.kind == "matmul":
+            if s.kind == "matmul" and s.dataflow == "ws":
+                issue = self.ws_issue_cycles(s)
+                entry["padding"] = s.beats - ideal  # channels beyond C_out, k beyond K
+                entry["tile_stalls"] = issue - s.beats  # C < R, short blocks
+                entry["fill_drain"] = s.cycles - issue
+            elif s.kind == "matmul":
                 k = s.reduction
                 beats = s.tiles * k
                 stall = (s.tiles - 1) * (max(k, R) - k)
@@ -399,7 +470,8 @@ def compile_network(network, config=None):
     config = ArrayConfig() if config is None else config
     if not isinstance(config, ArrayConfig):
         raise TypeError(f"Configuration must be an ArrayConfig, not {type(config).__name__}")
-    R = config.rows
+    R, C = config.rows, config.cols
+    ws = config.dataflow == "ws"
 
     shapes, formats = network.tensor_shapes, network.tensor_formats
     for j, layer in enumerate(network.layers):
@@ -436,7 +508,7 @@ def compile_network(network, config=None):
 
     layers = network.layers
     fused = set()           # conv layers whose following max pool is fused
-    if config.fuse_pool:
+    if config.fuse_pool and not ws:
         for j in range(len(layers) - 1):
             nxt = layers[j + 1]
             if layers[j].kind == "conv2d" and nxt.kind == "maxpool2d" and \
@@ -470,16 +542,34 @@ def compile_network(network, config=None):
                 top = left = 0
                 w2 = layer.weight
             k = w2.shape[1]
-            tiles = _ceil_div(cout, R)
-            wpad = np.zeros((tiles * R, k), dtype=np.int64)
-            wpad[:cout] = w2
-            # word (tile t, beat k) holds W[t*R + r, k] for r = 0..R-1
-            weights.append(wpad.reshape(tiles, R, k).transpose(0, 2, 1).reshape(-1, R))
+            lanes = C if ws else R
+            tiles = _ceil_div(cout, lanes)
+            if ws:
+                # block (tile t, k-tile q) is R words; word r holds W[t*C + c, q*R + r]
+                # for c = 0..C-1 (zero beyond C_out and K)
+                k_tiles = _ceil_div(k, R)
+                wpad = np.zeros((tiles * C, k_tiles * R), dtype=np.int64)
+                wpad[:cout, :k] = w2
+                weights.append(wpad.reshape(tiles, C, k_tiles * R).transpose(0, 2, 1)
+                               .reshape(-1, C))
+                pixels = out_shape[1] * out_shape[2] if layer.kind == "conv2d" else 1
+                group = min(pixels, _ceil_div(2 * R + C - 1, max(R, C)))
+                dataflow = dict(dataflow="ws", k_tiles=k_tiles, group=group,
+                                beats=tiles * k_tiles * pixels * C)
+                words = tiles * k_tiles * R
+            else:
+                wpad = np.zeros((tiles * R, k), dtype=np.int64)
+                wpad[:cout] = w2
+                # word (tile t, beat k) holds W[t*R + r, k] for r = 0..R-1
+                weights.append(wpad.reshape(tiles, R, k).transpose(0, 2, 1).reshape(-1, R))
+                pixels = out_shape[1] * out_shape[2] if layer.kind == "conv2d" else 1
+                dataflow = dict(beats=tiles * pixels * k)
+                words = tiles * k
             f_acc = fin.frac + layer.weight_format.frac
-            bpad = np.zeros(tiles * R, dtype=np.int64)
+            bpad = np.zeros(tiles * lanes, dtype=np.int64)
             if layer.bias is not None:
                 bpad[:cout] = align_bias(layer.bias, layer.bias_format, f_acc)
-            biases.append(bpad.reshape(tiles, R))
+            biases.append(bpad.reshape(tiles, lanes))
             lo, hi = clamp_bounds(layer.activation, layer.clip_max, fout)
             shift = f_acc - fout.frac
             if layer.kind == "dense":
@@ -492,8 +582,8 @@ def compile_network(network, config=None):
                         w_base=w_base, b_base=b_base,
                         requant=_requant(j, layer, shift, fout, lo, hi, lane_max_shift),
                         rounding=layer.rounding, macs=layer.macs(in_shape),
-                        **{**common, "in_shape": in_shape_eff}, **geometry)
-            w_base += tiles * k
+                        **{**common, "in_shape": in_shape_eff}, **geometry, **dataflow)
+            w_base += words
             b_base += tiles
         else:
             kk = layer.kernel
@@ -509,8 +599,9 @@ def compile_network(network, config=None):
                         kh=kk, kw=kk, stride=kk, top=0, left=0, **common)
         steps.append(step)
 
-    weight_image = (np.concatenate(weights) if weights else np.zeros((1, R), np.int64))
-    bias_image = (np.concatenate(biases) if biases else np.zeros((1, R), np.int64))
+    lanes = C if ws else R
+    weight_image = (np.concatenate(weights) if weights else np.zeros((1, lanes), np.int64))
+    bias_image = (np.concatenate(biases) if biases else np.zeros((1, lanes), np.int64))
     program = Program(network=network, config=config, steps=tuple(steps),
                       act_width=act_width, weight_width=weight_width, acc_width=acc_width,
                       region_words=region, weight_image=weight_image, bias_image=bias_image)
@@ -546,11 +637,13 @@ def _check_memory(program, config):
             f"{config.activation_memory_bits} available")
     if config.weight_memory_bits is not None and \
             program.weight_bits + program.bias_bits > config.weight_memory_bits:
-        heaviest = max((s for s in program.steps if s.kind == "matmul"),
-                       key=lambda s: s.channel_tiles * s.reduction)
+        def words(s):
+            return s.channel_tiles * (s.k_tiles * config.rows if s.dataflow == "ws"
+                                      else s.reduction)
+        heaviest = max((s for s in program.steps if s.kind == "matmul"), key=words)
         raise ConstraintError(
             f"Weight memory: the weights and biases need {program.weight_bits} + "
-            f"{program.bias_bits} bits ({program.weight_words} words of {config.rows} x "
+            f"{program.bias_bits} bits ({program.weight_words} words of {program.lanes} x "
             f"{program.weight_width} bits; layer {heaviest.layer}'s weight tensor "
-            f"alone {heaviest.channel_tiles * heaviest.reduction * config.rows * program.weight_width} "
+            f"alone {words(heaviest) * program.lanes * program.weight_width} "
             f"bits), {config.weight_memory_bits} available")

@@ -801,7 +801,7 @@ def _collect(program, net, x, golden, modes, seed, run_dir, batches, results, ch
     by_layer = [0] * L
     for s in program.steps:
         by_layer[s.layer] += s.cycles
-    beats = sum(s.tiles * s.reduction for s in program.steps if s.kind == "matmul")
+    beats = program.beats
     for k in range(batches):
         path = run_dir / f"batch_{k:04d}.npz"
         if not path.exists():

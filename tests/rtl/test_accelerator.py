@@ -95,8 +95,7 @@ def check(program, x, *, rounding=None, network=None, **kwargs):
         by_layer[s.layer] = s.cycles
     assert counters["layer_cycles"] == by_layer
     assert counters["saturations"] == list(want.saturations)
-    assert counters["beats"] == sum(s.tiles * s.reduction for s in program.steps
-                                    if s.kind == "matmul")
+    assert counters["beats"] == program.beats
     return counters, want
 
 
@@ -200,3 +199,87 @@ def test_weights_in_spram(seed):
     net = random_network(rng, max_layers=2, max_size=6, max_channels=4)
     program = compile_network(net, ArrayConfig(rows=3, cols=2, weight_memory="spram"))
     check(program, random_input(rng, net, 2), weights=weight_beats(program, net))
+
+
+# -- weight-stationary -------------------------------------------------------------------
+
+#: (seed, rows, cols) of the weight-stationary runs: 1x1, 2x3, 3x2, 4x4 and more, C < R
+#: (the corner turn's rate is C/R) and C > R
+WS_CASES = [(110 + seed, rows, cols) for seed, (rows, cols) in enumerate(
+    [(1, 1), (2, 3), (3, 2), (4, 4), (2, 2), (3, 1), (1, 4), (4, 2), (2, 4), (4, 3)])]
+
+
+def _ws_case(seed, rows, cols):
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=3, max_size=7, max_channels=6)
+    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, dataflow="ws"))
+    return program, random_input(rng, net, cols)
+
+
+@pytest.mark.parametrize("seed,rows,cols", WS_CASES,
+                         ids=[f"seed={s}-{r}x{c}" for s, r, c in WS_CASES])
+def test_ws_random_network_bit_exact(seed, rows, cols):
+    program, x = _ws_case(seed, rows, cols)
+    assert all(s.dataflow == "ws" for s in program.steps if s.kind == "matmul")
+    check(program, x)
+
+
+def test_ws_random_set_coverage():
+    """The weight-stationary cases cover what the schedule has to get right: several
+    k-tiles and channel tiles, a partial last pixel group, blocks that wait for the
+    weight double buffer, k-tiles beyond K, both C < R and C > R, pooling passes."""
+    seen = dict.fromkeys(["k_tiles", "channel_tiles", "partial_group", "block_wait",
+                          "k_padding", "c_lt_r", "c_gt_r", "pool", "stride2"], 0)
+    for seed, rows, cols in WS_CASES:
+        program, _ = _ws_case(seed, rows, cols)
+        seen["c_lt_r"] += cols < rows
+        seen["c_gt_r"] += cols > rows
+        for s in program.steps:
+            if s.kind != "matmul":
+                seen["pool"] += 1
+                continue
+            seen["k_tiles"] += s.k_tiles > 1
+            seen["channel_tiles"] += s.channel_tiles > 1
+            seen["partial_group"] += s.last_group < s.group
+            seen["block_wait"] += program.ws_block_cycles(s.last_group) > \
+                s.last_group * program.ws_slot
+            seen["k_padding"] += s.k_tiles * rows > s.reduction
+            seen["stride2"] += s.stride == 2
+    assert all(seen.values()), seen
+
+
+@pytest.mark.parametrize("mode", ROUNDING_MODES)
+def test_ws_rounding_modes(mode):
+    rng = np.random.default_rng(12)
+    net = random_network(rng, max_layers=2, max_size=6, max_channels=5)
+    program = compile_network(net, ArrayConfig(rows=3, cols=2, dataflow="ws"))
+    check(program, random_input(rng, net, 2), rounding=mode)
+
+
+@pytest.mark.parametrize("seed", [3, 4], ids=lambda s: f"seed={s}")
+def test_ws_input_gaps_and_output_backpressure(seed):
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=2, max_size=6, max_channels=3)
+    program = compile_network(net, ArrayConfig(rows=2, cols=3, dataflow="ws"))
+    counters, _ = check(program, random_input(rng, net, 3), gaps=np.random.default_rng(seed),
+                        stalls=np.random.default_rng(seed + 1))
+    assert counters.get("gaps", 0) > 0 and counters.get("stalls", 0) > 0, counters
+
+
+def test_ws_partial_batch_counts_only_real_images():
+    rng = np.random.default_rng(9)
+    net = random_network(rng, max_layers=2, max_size=6, max_channels=3)
+    program = compile_network(net, ArrayConfig(rows=2, cols=3, dataflow="ws"))
+    check(program, random_input(rng, net, 2))
+
+
+@pytest.mark.parametrize("memory", ["bram", "spram"])
+def test_ws_weights_loaded_at_run_time(memory):
+    """The weight stream carries the weight-stationary layout (words of C weights)."""
+    rng = np.random.default_rng(25)
+    net = random_network(rng, max_layers=2, max_size=6, max_channels=4)
+    program = compile_network(net, ArrayConfig(rows=2, cols=3, dataflow="ws",
+                                               weight_memory=memory))
+    other = _new_weights(rng, net) if memory == "bram" else net
+    check(program, random_input(rng, net, 3), network=other,
+          weights=weight_beats(program, other))

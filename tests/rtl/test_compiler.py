@@ -31,7 +31,7 @@ def small_net(*extra, stochastic=False):
     (dict(cols=33), ValueError, r"Array columns must be between 1 and 32, not 33"),
     (dict(rows=2.0), TypeError, r"Array rows must be a positive integer, not 2.0"),
     (dict(dataflow="xx"), ValueError, r"Dataflow must be one of os, ws, not 'xx'"),
-    (dict(dataflow="ws"), ValueError, r"Dataflow 'ws' is not supported by the accelerator"),
+    (dict(dataflow=1), ValueError, r"Dataflow must be one of os, ws, not 1"),
     (dict(multiplier="dsp"), ValueError, r"Multiplier must be one of"),
     (dict(stochastic=1), TypeError, r"Stochastic must be a bool, not 1"),
     (dict(fuse_pool="yes"), TypeError, r"Fuse pool must be a bool, not 'yes'"),
@@ -144,3 +144,89 @@ def test_lenet5_mapping_and_utilization():
     assert [s.fused_pool for s in program.steps] == [2, 2, 0, 0, 0]
     assert program.region_words == 6 * 14 * 14
     assert 0.90 < program.utilization() < 0.92
+
+
+# -- weight-stationary ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(10), ids=lambda s: f"seed={s}")
+def test_ws_weight_and_bias_images(seed):
+    """Block (channel tile t, k-tile q) is R words of C weights, word r holding
+    W[t*C + c, q*R + r]; padding (channels beyond C_out, k beyond K) is zero; bias word t
+    holds the C biases of tile t."""
+    from systolic.golden.ops import align_bias
+    rng = np.random.default_rng(seed)
+    net = random_network(rng)
+    rows, cols = (int(v) for v in rng.integers(1, 6, 2))
+    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, dataflow="ws"))
+    assert program.weight_image.shape[1] == program.bias_image.shape[1] == cols
+    formats = net.tensor_formats
+    for s in program.steps:
+        if s.kind != "matmul":
+            continue
+        layer = net.layers[s.layer]
+        w2 = layer.weight.reshape(layer.weight.shape[0], -1)
+        cout, k = w2.shape
+        assert s.k_tiles == -(-k // rows) and s.channel_tiles == -(-cout // cols)
+        words = program.weight_image[s.w_base:s.w_base + s.channel_tiles * s.k_tiles * rows]
+        back = words.reshape(s.channel_tiles, s.k_tiles * rows, cols).transpose(0, 2, 1)
+        back = back.reshape(s.channel_tiles * cols, s.k_tiles * rows)
+        np.testing.assert_array_equal(back[:cout, :k], w2, err_msg=f"seed {seed}")
+        assert not back[cout:].any() and not back[:, k:].any()
+        bias = program.bias_image[s.b_base:s.b_base + s.channel_tiles].reshape(-1)
+        want = np.zeros(cout, np.int64) if layer.bias is None else align_bias(
+            layer.bias, layer.bias_format, formats[s.layer].frac + layer.weight_format.frac)
+        np.testing.assert_array_equal(bias[:cout], want)
+        assert not bias[cout:].any()
+
+
+def test_ws_pools_are_separate_passes():
+    """Weight-stationary programs never fuse a max pool, whatever fuse_pool says."""
+    net = models.load("lenet5")
+    program = compile_network(net, ArrayConfig(dataflow="ws", fuse_pool=True))
+    assert [s.op for s in program.steps] == ["conv2d", "max", "conv2d", "max", "dense",
+                                             "dense", "dense"]
+    assert not any(s.fused_pool for s in program.steps)
+
+
+def test_ws_cycle_model_lenet5_8x8():
+    """The weight-stationary model, written out for lenet5's first layer on 8 x 8:
+    784 pixels in groups of G = ceil(23 / 8) = 3 (the last of 1), 4 k-tiles of 8 (K = 25),
+    one channel tile; slots of 8 cycles, blocks at least 2R + C - 1 = 23 cycles."""
+    from systolic.golden import srgen
+    program = compile_network(models.load("lenet5"), ArrayConfig(dataflow="ws"))
+    s = program.steps[0]
+    assert (s.group, s.groups, s.last_group, s.k_tiles, s.channel_tiles) == (3, 262, 1, 4, 1)
+    assert s.beats == 1 * 4 * 784 * 8
+    span = 4 * (261 * 24 + 23) - 23 + 0 * 8          # all blocks but the last; its one slot
+    out = 1 + 3 + 4                                   # row register, generator, lanes
+    assert s.cycles == (1 + srgen.ROUNDS) + 1 + span + (2 * 8 + 3 * 8 + 4) + out
+    dense = program.steps[4]                          # one pixel: blocks of 23 cycles
+    assert (dense.group, dense.k_tiles, dense.channel_tiles) == (1, 50, 15)
+    assert dense.cycles == (1 + srgen.ROUNDS) + 1 + (15 * 50 - 1) * 23 + 44 + out
+
+
+@pytest.mark.parametrize("shape", ["8x8", "4x3", "3x5", "1x1"])
+def test_ws_layer_report_adds_up(shape):
+    program = compile_network(models.load("lenet5"),
+                              ArrayConfig.parse_shape(shape, dataflow="ws"))
+    R = program.config.rows
+    for step, row in zip(program.steps, program.layer_report()):
+        if step.kind == "matmul":
+            parts = step.macs / R + row["padding"] + row["tile_stalls"] + row["fill_drain"]
+            assert parts == pytest.approx(row["cycles"])
+            assert row["tile_stalls"] >= 0 and row["padding"] >= 0
+        else:
+            assert row["non_matrix"] == row["cycles"]
+    assert program.cycles == sum(r["cycles"] for r in program.layer_report())
+
+
+def test_ws_weight_memory_too_small_names_bits():
+    net = models.load("lenet5")
+    program = compile_network(net, ArrayConfig(rows=8, cols=4, dataflow="ws"))
+    assert program.lanes == 4
+    with pytest.raises(ConstraintError, match=rf"Weight memory: the weights and biases need "
+                                              rf"{program.weight_bits} \+ {program.bias_bits} bits"
+                                              rf" \({program.weight_words} words of 4 x 8 bits; "
+                                              rf"layer 4's weight tensor.*1000 available"):
+        compile_network(net, ArrayConfig(rows=8, cols=4, dataflow="ws",
+                                         weight_memory_bits=1000))
