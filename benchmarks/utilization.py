@@ -1,15 +1,18 @@
 """Array utilization of the accelerator per layer, and where the other cycles go.
 
-    python benchmarks/utilization.py                       # lenet5 and mnist-tiny, 8x8 and 4x4
-    python benchmarks/utilization.py lenet5 --array 8x8 --array 4x6
+    python benchmarks/utilization.py               # lenet5, mnist-tiny; 8x8, 4x4; os and ws
+    python benchmarks/utilization.py lenet5 --array 8x8 --array 4x6 --dataflow ws
 
 Figures come from the compiler's cycle model (rtl/compiler.py), which the hardware's
 cycle counters equal exactly in every simulation (tests/rtl/test_accelerator.py and the
 cocotb runs in tests/sim; `systolic sim` prints predicted and measured side by side).
 Utilization = (MACs per image / (R*C)) / cycles per image, the batch being the C columns.
-The breakdown follows the TPU paper's: useful beats, padding rows (output channels beyond
-C_out in a layer's last tile), tile stalls (reductions shorter than R), fill/drain and
-setup, and non-matrix work (pooling passes that are not fused).
+The breakdown follows the TPU paper's: useful beats, padding (output channels beyond
+C_out in a layer's last tile; weight-stationary also reduction elements beyond K in the
+last k-tile), stalls (output-stationary: reductions shorter than R; weight-stationary:
+the corner turn's rate C/R when C < R and blocks shorter than the 2R + C - 1 cycles the
+weight double buffer needs), fill/drain and setup, and non-matrix work (pooling passes
+that are not fused; weight-stationary programs never fuse).
 """
 
 import argparse
@@ -19,10 +22,11 @@ from systolic.golden import models
 from systolic.rtl.compiler import ArrayConfig, compile_network
 
 
-def report(name, shape, out=sys.stdout):
-    program = compile_network(models.load(name), ArrayConfig.parse_shape(shape))
+def report(name, shape, dataflow="os", out=sys.stdout):
+    program = compile_network(models.load(name),
+                              ArrayConfig.parse_shape(shape, dataflow=dataflow))
     cfg = program.config
-    print(f"\n{name} on {cfg.rows}x{cfg.cols} ({cfg.cols} images per run): "
+    print(f"\n{name} on {cfg.rows}x{cfg.cols} {cfg.dataflow} ({cfg.cols} images per run): "
           f"{program.cycles:,} cycles per run, {program.cycles_per_image:,.1f} per image, "
           f"utilization {program.utilization():.1%}", file=out)
     print(f"{'layer':>5} {'op':<15} {'MACs/img':>9} {'cycles':>8} {'util':>6} "
@@ -45,10 +49,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("networks", nargs="*", default=["lenet5", "mnist-tiny"])
     parser.add_argument("--array", action="append", help="RxC (repeatable; default 8x8, 4x4)")
+    parser.add_argument("--dataflow", action="append", choices=("os", "ws"),
+                        help="repeatable; default both")
     args = parser.parse_args(argv)
     for name in args.networks:
-        for shape in args.array or ["8x8", "4x4"]:
-            report(name, shape)
+        for dataflow in args.dataflow or ["os", "ws"]:
+            for shape in args.array or ["8x8", "4x4"]:
+                report(name, shape, dataflow)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,14 @@
 bit-exact against the golden model, with every counter as the compiler predicts.
 
 * ``mnist-tiny`` and ``lenet5`` on 5 real held-out MNIST images, all three rounding modes
-  (run-time registers, so one build per network and array shape), on an 8x8 and a
-  non-square 4x3 array (a batch's cycles depend on the rows only; three columns keep the
-  build small and make the 5 images two batches, the second partial), under Verilator;
-  the 4x3 runs also compare every stored layer tensor.  Only the output-stationary
-  dataflow exists in the accelerator so far.
-* 24 random networks (:func:`~systolic.golden.randnet.random_network`, the seed in the
+  (run-time registers, so one build per network, array shape and dataflow), on an 8x8
+  and a non-square 4x3 array (three columns keep the build small and make the 5 images
+  two batches, the second partial), both dataflows, under Verilator; the 4x3 runs also
+  compare every stored layer tensor.
+* 30 random networks (:func:`~systolic.golden.randnet.random_network`, the seed in the
   test id) on random small arrays, 3 random inputs each, every layer tensor compared
-  (their models compiled at -O0, see ``RANDOM_BUILD``).
+  (their models compiled at -O0, see ``RANDOM_BUILD``): seeds 0..23 output-stationary,
+  100..105 weight-stationary.
 * Random input gaps and output back-pressure: same results, same compute cycles.
 * One Icarus run (a random network, with the layer check, gaps and back-pressure).
 * A planted difference (the golden side's weights changed) is reported with its layer,
@@ -17,7 +17,10 @@ bit-exact against the golden model, with every counter as the compiler predicts.
 
 Every build is cached (sim/runner.py), so a second run of this file only simulates.  With
 an empty cache, ``pytest -n 2`` runs this file and tests/test_cli_sim.py in about 3 1/2
-minutes on two cores (3 min 17 s measured; 28 Verilator builds and one Icarus build).
+minutes on two cores for the output-stationary part (3 min 17 s measured; 28 Verilator
+builds and one Icarus build).  The weight-stationary cases (``-k "ws or 105"``) add 10
+Verilator builds: 6 min 48 s measured in one process on a loaded machine (the four zoo
+runs 48-88 s each, the random networks 14-39 s).
 """
 
 import shutil
@@ -58,19 +61,22 @@ def check(result, *, layers=False):
         assert b.cycles == b.busy_cycles == result.program.cycles
 
 
-def _program(name, shape):
-    return compile_network(models.load(name), ArrayConfig.parse_shape(shape))
+def _program(name, shape, dataflow="os"):
+    return compile_network(models.load(name),
+                           ArrayConfig.parse_shape(shape, dataflow=dataflow))
 
 
-ZOO = [("lenet5", "8x8", False), ("lenet5", "4x3", True),
-       ("mnist-tiny", "8x8", False), ("mnist-tiny", "4x3", True)]
+ZOO = [(name, shape, layers, dataflow) for dataflow in ("os", "ws")
+       for name, shape, layers in [("lenet5", "8x8", False), ("lenet5", "4x3", True),
+                                   ("mnist-tiny", "8x8", False),
+                                   ("mnist-tiny", "4x3", True)]]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, shape, layers", ZOO,
-                         ids=[f"{n}-{s}{'-layers' if l else ''}" for n, s, l in ZOO])
-def test_zoo_network_real_images(name, shape, layers):
-    program = _program(name, shape)
+@pytest.mark.parametrize("name, shape, layers, dataflow", ZOO,
+                         ids=[f"{n}-{s}-{d}{'-layers' if l else ''}" for n, s, l, d in ZOO])
+def test_zoo_network_real_images(name, shape, layers, dataflow):
+    program = _program(name, shape, dataflow)
     images, labels = mnist("holdout")
     x = models.mnist_input(program.network, images[:5])
     outputs = {}
@@ -93,8 +99,9 @@ def test_zoo_network_real_images(name, shape, layers):
 
 # -- random networks ---------------------------------------------------------------------
 
-#: Random networks: the seed drives the network, the array shape, pool fusion and inputs.
-RANDOM_SEEDS = list(range(24))
+#: Random networks: the seed drives the network, the array shape, pool fusion and inputs;
+#: seeds from 100 on run the weight-stationary dataflow.
+RANDOM_SEEDS = list(range(24)) + list(range(100, 106))
 #: The random networks are small and run a few thousand cycles: their models are compiled
 #: without C++ optimization (-O0), which halves a build's time (the zoo networks and
 #: `systolic sim` use Verilator's default -Os).
@@ -105,12 +112,15 @@ def random_case(seed):
     rng = np.random.default_rng(seed)
     net = random_network(rng)
     rows, cols = (int(v) for v in rng.integers(1, 5, 2))
-    config = ArrayConfig(rows=rows, cols=cols, fuse_pool=seed % 4 != 1)
+    config = ArrayConfig(rows=rows, cols=cols, fuse_pool=seed % 4 != 1,
+                         dataflow="ws" if seed >= 100 else "os")
     return net, config, random_input(rng, net, 3)
 
 
 def _random_id(seed):
     _, config, _ = random_case(seed)
+    if config.dataflow == "ws":
+        return f"seed={seed}-{config.rows}x{config.cols}-ws"
     return f"seed={seed}-{config.rows}x{config.cols}{'' if config.fuse_pool else '-unfused'}"
 
 
@@ -120,7 +130,8 @@ def test_random_set_coverage():
     one-column arrays."""
     seen = dict.fromkeys(["stochastic", "nearest_even", "floor", "saturation", "stride2",
                           "padding", "avgpool", "fused_max", "unfused_max", "partial",
-                          "one_column", "several_tiles"], 0)
+                          "one_column", "several_tiles", "ws", "ws_k_tiles",
+                          "ws_channel_tiles", "ws_c_lt_r", "ws_c_gt_r"], 0)
     for seed in RANDOM_SEEDS:
         net, config, x = random_case(seed)
         program = compile_network(net, config)
@@ -137,6 +148,13 @@ def test_random_set_coverage():
         seen["partial"] += len(x) % config.cols != 0
         seen["one_column"] += config.cols == 1
         seen["several_tiles"] += any(s.channel_tiles > 1 for s in program.steps)
+        if config.dataflow == "ws":
+            seen["ws"] += 1
+            seen["ws_k_tiles"] += any(s.k_tiles > 1 for s in program.steps)
+            seen["ws_channel_tiles"] += any(s.channel_tiles > 1 for s in program.steps
+                                            if s.kind == "matmul")
+            seen["ws_c_lt_r"] += config.cols < config.rows
+            seen["ws_c_gt_r"] += config.cols > config.rows
     assert len(RANDOM_SEEDS) >= 20
     assert all(seen.values()), seen
 
@@ -156,7 +174,8 @@ def test_random_network(seed):
 
 # -- traffic ---------------------------------------------------------------------------
 
-TRAFFIC = [("random", 5, 0.5, 0.5), ("random", 14, 0.9, 0.3), ("mnist-tiny", 0, 0.5, 0.7)]
+TRAFFIC = [("random", 5, 0.5, 0.5), ("random", 14, 0.9, 0.3), ("mnist-tiny", 0, 0.5, 0.7),
+           ("random", 105, 0.6, 0.6)]
 
 
 @pytest.mark.slow
