@@ -62,7 +62,7 @@ def test_sim_mnist_tiny(capsys):
 @pytest.mark.slow
 def test_sim_mnist_tiny_weight_stationary(capsys):
     """``--dataflow ws``: bit-exact, cycles as predicted, the pools as their own
-    passes (a build of its own: the CLI's model differs from tests/sim's zoo builds)."""
+    passes."""
     assert main(["sim", "mnist-tiny", "--images", "3", "--array", "8x8",
                  "--dataflow", "ws"]) == 0
     out, _ = capsys.readouterr()
