@@ -22,6 +22,11 @@ The mapping (docs/accelerator.md has the picture):
   its result through the same requantization lanes (an average's divide is the shift; a
   maximum passes with shift 0).
 
+**Weight-stationary** (``dataflow="ws"``): the same banks and output path; a block of
+``R`` reduction elements x ``C`` output channels stays in the array, a corner turn
+feeds it one image's ``R`` elements per beat, partial sums accumulate over k-tiles and
+a transposer turns each pixel back into output rows (docs/accelerator.md).
+
 Weights and biases are baked in at generation time (and can be rewritten at run time
 through the accelerator's weight stream).
 """
@@ -412,7 +417,9 @@ class Program:
     def layer_report(self):
         """Per step: layer, op, MACs per image, cycles, utilization and where the other
         cycles went (array fill/drain, pipeline and setup, padding of partial tiles,
-        non-matrix work).  A list of dicts."""
+        non-matrix work).  A list of dicts.  Weight-stationary steps count as padding
+        the beats on channels beyond C_out and on k beyond K, and as ``tile_stalls`` the
+        slot cycles without a beat (C < R) and the waits of short blocks."""
         R, C = self.config.rows, self.config.cols
         rows = []
         for s in self.steps:
