@@ -4,7 +4,7 @@
 simulates::
 
     oscillator --> PLL (SB_PLL40_PAD / EHXPLLL) --> sync domain, reset until lock
-    rx pin --> LinkDevice --accel--> ResetInserter(link.accel_reset)(Accelerator)
+    rx pin --> LinkDevice --accel (i, w through registers)--> ResetInserter(Accelerator)
     tx pin <--'        `--> LEDs: link error, heartbeat, busy
 
 With ``platform=None`` (simulation, ``systolic emit --what top``, the virtual board) there
@@ -30,7 +30,7 @@ from amaranth.utils import ceil_log2
 from systolic.rtl._params import check_int
 
 from .link import Descriptor
-from .linkgw import LinkDevice, connect_accelerator
+from .linkgw import LinkDevice
 from .pll import ecp5_pll, ice40_pll
 from .targets import BoardTarget, board
 from .uart import uart_divisor
@@ -41,7 +41,8 @@ __all__ = ["BoardTop", "LEDS", "oscillator_hz", "board_pll"]
 #: red, green, then the break-off PMOD's first LED).
 LEDS = ("error", "heartbeat", "busy")
 
-#: Seconds an error or busy pulse keeps its LED lit, so a short event is visible.
+#: Seconds (at least, at most twice) an error or busy pulse keeps its LED lit, so a
+#: short event is visible.
 LED_HOLD = 0.1
 
 
@@ -59,6 +60,21 @@ def board_pll(target):
     (:class:`~.pll.ICE40PLL` or :class:`~.pll.ECP5PLL`)."""
     make = {"ice40": ice40_pll, "ecp5": ecp5_pll}[target.device.family]
     return make(oscillator_hz(target), target.clock_mhz * 1e6)
+
+
+def _register_stream(m, name, src, dst, reset=None):
+    """``src`` (the link's side) to ``dst`` through a one-entry register: every signal
+    ``dst`` sees, and ``src.ready``, come from flip-flops.  One beat per two cycles."""
+    full = Signal(name=f"{name}_full")
+    payload = Signal.like(src.payload, name=f"{name}_payload")
+    m.d.comb += [src.ready.eq(~full), dst.valid.eq(full), dst.payload.eq(payload)]
+    with m.If(full & dst.ready):
+        m.d.sync += full.eq(0)
+    with m.If(src.valid & ~full):
+        m.d.sync += [full.eq(1), payload.eq(src.payload)]
+    if reset is not None:
+        with m.If(reset):
+            m.d.sync += full.eq(0)
 
 
 class BoardTop(wiring.Component):
@@ -210,7 +226,17 @@ class BoardTop(wiring.Component):
             rx_depth=self._rx_depth)
         accel = self._make_accel(self._program)
         m.submodules.accel = ResetInserter(link.accel_reset)(accel)
-        connect_accelerator(m, link.accel, accel)
+        # The i stream passes a register (half rate, far above the line rate): the link's
+        # FSM no longer reaches the accelerator's load control in one cycle, which was the
+        # critical path of the iCE40 build.  It forgets its beat on RESET like the
+        # accelerator.
+        _register_stream(m, "i", link.accel.i, accel.i, reset=link.accel_reset)
+        wiring.connect(m, link.accel.w, accel.w)
+        wiring.connect(m, link.accel.o, accel.o)
+        m.d.comb += [accel.rounding.eq(link.accel.rounding), accel.seed.eq(link.accel.seed),
+                     accel.images.eq(link.accel.images)]
+        for name in ("busy", "cycles", "layer_cycles", "beats", "saturations"):
+            m.d.comb += getattr(link.accel, name).eq(getattr(accel, name))
 
         if platform is not None:
             # ``rx``/``tx`` are the top's ports in simulation; on a board, the pins
@@ -220,22 +246,25 @@ class BoardTop(wiring.Component):
         else:
             m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx)]
 
-        # status LEDs
+        # status LEDs: an event lights its LED for one to two periods of ~LED_HOLD s
+        # (two flags each, moved on the heartbeat counter's tick: four flip-flops instead
+        # of two hold timers, which matters on a full UP5K)
         f = self._pll.f_out
         beat = Signal(ceil_log2(int(f)))            # top bit toggles every ~0.5..1 s
         m.d.sync += beat.eq(beat + 1)
-        hold = int(LED_HOLD * f)
-        error_t = Signal(range(hold + 1))
-        busy_t = Signal(range(hold + 1))
-        for t, event in ((error_t, link.error), (busy_t, accel.busy)):
-            with m.If(event):
-                m.d.sync += t.eq(hold)
-            with m.Elif(t != 0):
-                m.d.sync += t.eq(t - 1)
+        period = max(1, min(len(beat), int(LED_HOLD * f).bit_length() - 1))
+        tick = Signal()                             # every 2**period cycles (~LED_HOLD s)
+        m.d.comb += tick.eq(beat[:period] == 0)
         leds = Signal(len(LEDS))
-        m.d.comb += [leds[LEDS.index("error")].eq(error_t != 0),
-                     leds[LEDS.index("heartbeat")].eq(beat[-1]),
-                     leds[LEDS.index("busy")].eq(busy_t != 0)]
+        m.d.comb += leds[LEDS.index("heartbeat")].eq(beat[-1])
+        for name, event in (("error", link.error), ("busy", accel.busy)):
+            # ``seen``: the event happened in this period; ``before``: in the last one
+            seen, before = Signal(name=f"{name}_seen"), Signal(name=f"{name}_before")
+            with m.If(tick):
+                m.d.sync += [before.eq(seen | event), seen.eq(0)]
+            with m.Elif(event):
+                m.d.sync += seen.eq(1)
+            m.d.comb += leds[LEDS.index(name)].eq(seen | before)
         if platform is None:
             m.d.comb += self.leds.eq(leds)
         else:
