@@ -688,9 +688,13 @@ class Accelerator(wiring.Component):
         # -- steps: rows written, completion --------------------------------------------
         rows_done = Signal.like(p.rows)
         step_done = Signal()
-        m.d.comb += step_done.eq(w_valid & (rows_done == p.rows - 1))
+        # ``at_last``: the next row written completes the step, kept in a register so that
+        # the step's end does not wait for a comparison (with the step-constant load it
+        # was the iCE40 critical path); same cycle as comparing rows_done directly
+        at_last = Signal()
+        m.d.comb += step_done.eq(w_valid & at_last)
         with m.If(w_valid):
-            m.d.sync += rows_done.eq(rows_done + 1)
+            m.d.sync += [rows_done.eq(rows_done + 1), at_last.eq(rows_done + 2 == p.rows)]
 
         # -- counters ---------------------------------------------------------------------
         # Registers only as wide as a run can count (cycles and beats at most
@@ -758,6 +762,7 @@ class Accelerator(wiring.Component):
             m.d.sync += [kx.eq(0), ky.eq(0), ci.eq(0), ox.eq(0), ct.eq(0),
                          kcount.eq(0), kyw.eq(0), cioff.eq(0), tplane.eq(0), pix.eq(0),
                          ct_index.eq(0), issued.eq(0), rows_done.eq(0),
+                         at_last.eq(p.rows == 1),
                          xb.eq(-p.left), yb.eq(-p.top), ybw.eq(p.ybw0),
                          band.eq(0), dy.eq(0), dx.eq(0), px.eq(0), ho_left.eq(p.ho),
                          band_pix.eq(0), pidx_band.eq(0), ct_pindex.eq(0),
