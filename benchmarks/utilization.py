@@ -12,7 +12,7 @@ C_out in a layer's last tile; weight-stationary also reduction elements beyond K
 last k-tile), stalls (output-stationary: reductions shorter than R; weight-stationary:
 the corner turn's rate C/R when C < R and blocks shorter than the 2R + C - 1 cycles the
 weight double buffer needs), fill/drain and setup, and non-matrix work (pooling passes
-that are not fused; weight-stationary programs never fuse).
+that are not fused).
 """
 
 import argparse

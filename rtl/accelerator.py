@@ -287,6 +287,8 @@ class Accelerator(wiring.Component):
                 "ws_ext": _u(P.ws_block_min), "ws_ext_last": _u(P.ws_block_min),
                 "ws_kr": _u(max(s.k_tiles * R for s in mm_ws)),
                 "ws_ct_index": _u(max(C * s.pixels for s in mm_ws)),
+                "ws_ct_pindex": _u(max(C * s.stored_shape[1] * s.stored_shape[2]
+                                       for s in mm_ws)),
             })
         rq_layout = RequantConfig(aw, accw + 1, MAX_LEFT_SHIFT)
         pl = data.StructLayout({**fields, "rq": rq_layout})
@@ -322,6 +324,7 @@ class Accelerator(wiring.Component):
                     "ws_kt": s.k_tiles, "ws_g": s.group, "ws_ext": ws_ext(s, s.group),
                     "ws_ext_last": ws_ext(s, s.last_group), "ws_kr": s.k_tiles * R,
                     "ws_ct_index": C * s.pixels,
+                    "ws_ct_pindex": C * s.stored_shape[1] * s.stored_shape[2],
                 })
             return v
 
@@ -547,7 +550,10 @@ class Accelerator(wiring.Component):
             array_take, ws_reset, ws_rows = self._ws_datapath(
                 m, P, p, state == ST["RUN"], issued, banks, w_rd, b_rd,
                 dict(kx=kx, ky=ky, ci=ci, kyw=kyw, cioff=cioff, ox=ox, xb=xb, yb=yb,
-                     ybw=ybw, addr_inside=inside))
+                     ybw=ybw, addr_inside=inside, dy=dy, dx=dx, px=px, band=band,
+                     ho_left=ho_left, band_yb=band_yb, band_ybw=band_ybw,
+                     band_pix=band_pix, pidx_band=pidx_band, pix=pix, last_dy=last_dy,
+                     last_ox=last_ox, last_band=last_band))
             m.d.comb += advance.eq(1)         # the pooling passes never wait
 
         # -- pooling reducer ---------------------------------------------------------------
@@ -573,7 +579,8 @@ class Accelerator(wiring.Component):
         # what travels with a row to the writer: whether it is a real channel
         # (``write``), its pooled index and window flags, its row (for the running max)
         tag_layout = data.StructLayout({"write": 1, "pindex": unsigned(32), "pfirst": 1,
-                                        "plast": 1, "inwin": 1, "row": range(R)})
+                                        "plast": 1, "inwin": 1,
+                                        "row": range(max(R, C) if ws else R)})
         a_valid = Signal()
         a_acc = Signal(data.ArrayLayout(signed(accw), C))
         a_bias = Signal(signed(accw))
@@ -604,12 +611,14 @@ class Accelerator(wiring.Component):
                              a_tag.pfirst.eq(head.pfirst), a_tag.plast.eq(head.plast),
                              a_tag.inwin.eq(head.inwin), a_tag.row.eq(row)]
             else:
-                # weight-stationary: a row out of the output transposer; no fused pool
+                # weight-stationary: a row out of the output transposer
                 m.d.sync += [a_valid.eq(ws_rows["valid"]), a_acc.eq(ws_rows["acc"]),
                              a_index.eq(ws_rows["index"]),
                              a_tag.write.eq(ws_rows["write"]),
-                             a_tag.pindex.eq(ws_rows["index"]), a_tag.pfirst.eq(1),
-                             a_tag.plast.eq(1), a_tag.inwin.eq(1), a_tag.row.eq(0)]
+                             a_tag.pindex.eq(ws_rows["pindex"]),
+                             a_tag.pfirst.eq(ws_rows["pfirst"]),
+                             a_tag.plast.eq(ws_rows["plast"]),
+                             a_tag.inwin.eq(ws_rows["inwin"]), a_tag.row.eq(ws_rows["row"])]
 
         stochastic = cfg.stochastic
         if stochastic:
@@ -664,17 +673,20 @@ class Accelerator(wiring.Component):
 
         # writer: the running maximum of each row's pooling window (one value per row and
         # lane; a step without a fused pool has every window of one pixel)
-        pmax = [[Signal(signed(aw), name=f"pmax_{r}_{j}") for j in range(C)] for r in range(R)]
+        # a row per output channel of a tile: R (output-stationary) or C (weight-st.)
+        prows = max(R, C) if ws else R
+        pmax = [[Signal(signed(aw), name=f"pmax_{r}_{j}") for j in range(C)]
+                for r in range(prows)]
         wvalue = []
         for j in range(C):
             v = lanes[j].o.p.value
-            old = Array(pmax[r][j] for r in range(R))[w_tag.row]
+            old = Array(pmax[r][j] for r in range(prows))[w_tag.row]
             mx = Signal(signed(aw), name=f"wmax_{j}")
             m.d.comb += mx.eq(Mux(w_tag.pfirst | (v > old), v, old))
             wvalue.append(mx)
             with m.If(w_valid & w_write):
                 with m.Switch(w_tag.row):
-                    for r in range(R):
+                    for r in range(prows):
                         with m.Case(r):
                             m.d.sync += pmax[r][j].eq(mx)
         write_en = Signal()
@@ -848,7 +860,14 @@ class Accelerator(wiring.Component):
 
         # -- reader: slots, the first corner turn ---------------------------------------
         kx, ky, ci, kyw, cioff = gen["kx"], gen["ky"], gen["ci"], gen["kyw"], gen["cioff"]
-        ox, xb, yb, ybw = gen["ox"], gen["xb"], gen["yb"], gen["ybw"]
+        # the output pixel in the generator's band order (a fused pool's window is k*k
+        # consecutive pixels; raster order without one)
+        pix_names = ("dy", "ox", "dx", "px", "band", "ho_left", "band_yb", "band_ybw",
+                     "band_pix", "pidx_band", "xb", "yb", "ybw", "pix")
+        cur_g = {n: gen[n] for n in pix_names}
+        start_g = {"dy": 0, "ox": 0, "dx": 0, "px": 0, "band": 0, "ho_left": p.ho,
+                   "band_yb": -p.top, "band_ybw": p.ybw0, "band_pix": 0, "pidx_band": 0,
+                   "xb": -p.left, "yb": -p.top, "ybw": p.ybw0, "pix": 0}
         active = Signal()
         m.d.comb += active.eq(run & ~p.pool & ~issued)
         tick = reg(range(slot + P.ws_block_min + 1), "ws_tick", 0)
@@ -863,12 +882,8 @@ class Accelerator(wiring.Component):
         k0 = {n: reg(Signal.like(v).shape(), f"ws_k0_{n}", 0)
               for n, v in (("kx", kx), ("ky", ky), ("ci", ci), ("kyw", kyw),
                            ("cioff", cioff), ("kidx", kidx))}
-        g0 = {"ox": reg(Signal.like(ox).shape(), "ws_g0_ox", 0),
-              "xb": reg(Signal.like(xb).shape(), "ws_g0_xb", -p.left),
-              "yb": reg(Signal.like(yb).shape(), "ws_g0_yb", -p.top),
-              "ybw": reg(Signal.like(ybw).shape(), "ws_g0_ybw", p.ybw0)}
+        g0 = {n: reg(v.shape(), f"ws_g0_{n}", start_g[n]) for n, v in cur_g.items()}
         cur_k = {"kx": kx, "ky": ky, "ci": ci, "kyw": kyw, "cioff": cioff, "kidx": kidx}
-        cur_g = {"ox": ox, "xb": xb, "yb": yb, "ybw": ybw}
 
         gsize = Signal.like(gleft)
         last_group = Signal()
@@ -895,15 +910,59 @@ class Accelerator(wiring.Component):
             with m.Else():
                 m.d.comb += [nxt_k["ky"].eq(0), nxt_k["kyw"].eq(0),
                              nxt_k["ci"].eq(ci + 1), nxt_k["cioff"].eq(cioff + p.hw)]
-        # the next output pixel (raster order)
+        # the next output pixel: the generator's band order (down a band's kp rows,
+        # then the next column, then the next band)
+        g = cur_g
         nxt_g = {n: Signal.like(v, name=f"ws_next_{n}") for n, v in cur_g.items()}
-        with m.If(ox != p.wo - 1):
-            m.d.comb += [nxt_g["ox"].eq(ox + 1), nxt_g["xb"].eq(xb + p.stride),
-                         nxt_g["yb"].eq(yb), nxt_g["ybw"].eq(ybw)]
+        m.d.comb += [nxt_g[n].eq(v) for n, v in cur_g.items()]
+        with m.If(~gen["last_dy"]):
+            m.d.comb += [nxt_g["dy"].eq(g["dy"] + 1), nxt_g["yb"].eq(g["yb"] + p.stride),
+                         nxt_g["ybw"].eq(g["ybw"] + Mux(p.stride == 2, p.w << 1, p.w)),
+                         nxt_g["pix"].eq(g["pix"] + p.wo)]
+        with m.Elif(~gen["last_ox"]):
+            m.d.comb += [nxt_g["dy"].eq(0), nxt_g["ox"].eq(g["ox"] + 1),
+                         nxt_g["xb"].eq(g["xb"] + p.stride), nxt_g["yb"].eq(g["band_yb"]),
+                         nxt_g["ybw"].eq(g["band_ybw"]),
+                         nxt_g["pix"].eq(g["band_pix"] + g["ox"] + 1)]
+            with m.If(g["dx"] == p.kp - 1):
+                m.d.comb += [nxt_g["dx"].eq(0), nxt_g["px"].eq(g["px"] + 1)]
+            with m.Else():
+                m.d.comb += nxt_g["dx"].eq(g["dx"] + 1)
         with m.Else():
-            m.d.comb += [nxt_g["ox"].eq(0), nxt_g["xb"].eq(-p.left),
-                         nxt_g["yb"].eq(yb + p.stride),
-                         nxt_g["ybw"].eq(ybw + Mux(p.stride == 2, p.w << 1, p.w))]
+            m.d.comb += [nxt_g["dy"].eq(0), nxt_g["ox"].eq(0), nxt_g["xb"].eq(-p.left),
+                         nxt_g["dx"].eq(0), nxt_g["px"].eq(0),
+                         nxt_g["band"].eq(g["band"] + 1),
+                         nxt_g["ho_left"].eq(g["ho_left"] - p.kp),
+                         nxt_g["band_yb"].eq(g["band_yb"] + p.band_ystep),
+                         nxt_g["band_ybw"].eq(g["band_ybw"] + p.band_ywstep),
+                         nxt_g["band_pix"].eq(g["band_pix"] + p.band_pixstep),
+                         nxt_g["pidx_band"].eq(g["pidx_band"] + p.wp),
+                         nxt_g["yb"].eq(g["band_yb"] + p.band_ystep),
+                         nxt_g["ybw"].eq(g["band_ybw"] + p.band_ywstep),
+                         nxt_g["pix"].eq(g["band_pix"] + p.band_pixstep)]
+
+        # each pixel's output indices and pooling-window flags, written in the group's
+        # last k-tile, read by the output side when the pixel's sums come out; two
+        # copies by group parity (a group's next one may write while it is read)
+        gmax_ = max(s.group for s in ws_steps)
+        meta_layout = data.StructLayout({
+            "pix": unsigned(32), "ppix": unsigned(32), "pfirst": 1, "plast": 1,
+            "inwin": 1})
+        pmeta = [[Signal(meta_layout, name=f"ws_meta_{h}_{i}") for i in range(gmax_)]
+                 for h in range(2)]
+        gpar = reg(1, "ws_gpar", 0)
+        with m.If(active & (tick == 0) & (kt == p.ws_kt - 1)):
+            for h in range(2):
+                for i in range(gmax_):
+                    with m.If((gpar == h) & (pg == i)):
+                        e = pmeta[h][i]
+                        m.d.sync += [
+                            e.pix.eq(g["pix"]), e.ppix.eq(g["pidx_band"] + g["px"]),
+                            e.pfirst.eq((g["dy"] == 0) & (g["dx"] == 0)),
+                            e.plast.eq((g["dy"] == p.kp - 1) & (g["dx"] == p.kp - 1)),
+                            e.inwin.eq((g["band"] < p.hp) & (g["ox"] < p.wpkp))]
+        with m.If(slot_end & last_pg & (kt == p.ws_kt - 1)):
+            m.d.sync += gpar.eq(~gpar)
 
         with m.If(active):
             m.d.sync += tick.eq(tick + 1)
@@ -935,10 +994,9 @@ class Accelerator(wiring.Component):
                         m.d.sync += [v.eq(nxt_g[n]) for n, v in cur_g.items()]
                         m.d.sync += [g0[n].eq(nxt_g[n]) for n in cur_g]
                     with m.Else():
-                        start = {"ox": 0, "xb": -p.left, "yb": -p.top, "ybw": p.ybw0}
                         m.d.sync += gleft.eq(p.howo)
-                        m.d.sync += [v.eq(start[n]) for n, v in cur_g.items()]
-                        m.d.sync += [g0[n].eq(start[n]) for n in cur_g]
+                        m.d.sync += [v.eq(start_g[n]) for n, v in cur_g.items()]
+                        m.d.sync += [g0[n].eq(start_g[n]) for n in cur_g]
                         with m.If(nt != p.ct_count - 1):
                             m.d.sync += nt.eq(nt + 1)
                         with m.Else():
@@ -1026,8 +1084,9 @@ class Accelerator(wiring.Component):
         oe = reg(range(max(gmax * C, 2)), "ws_o_e", 0)
         okt = reg(Signal.like(p.ws_kt).shape(), "ws_o_kt", 0)
         ogleft = reg(Signal.like(p.howo).shape(), "ws_o_gleft", p.howo)
-        opix = reg(Signal.like(p.howo).shape(), "ws_o_pix", 0)   # the group's first pixel
+        ogpar = reg(1, "ws_o_gpar", 0)                            # the group's parity
         oindex = reg(unsigned(32), "ws_o_index", 0)                # nt * C * pixels
+        opindex = reg(unsigned(32), "ws_o_pindex", 0)              # nt * C * pooled pixels
         och = reg(Signal.like(p.cout).shape(), "ws_o_ch", 0)      # nt * C
         ob = reg(_u(P.bias_words), "ws_o_b", p.b_base)
         ogsize = Signal.like(ogleft)
@@ -1042,12 +1101,13 @@ class Accelerator(wiring.Component):
                     m.d.sync += [op.eq(0), oe.eq(0), okt.eq(okt + 1)]
                     with m.If(okt == p.ws_kt - 1):
                         m.d.sync += okt.eq(0)
+                        m.d.sync += ogpar.eq(~ogpar)
                         with m.If(ogleft > p.ws_g):
-                            m.d.sync += [ogleft.eq(ogleft - p.ws_g),
-                                         opix.eq(opix + p.ws_g)]
+                            m.d.sync += ogleft.eq(ogleft - p.ws_g)
                         with m.Else():
-                            m.d.sync += [ogleft.eq(p.howo), opix.eq(0),
+                            m.d.sync += [ogleft.eq(p.howo),
                                          oindex.eq(oindex + p.ws_ct_index),
+                                         opindex.eq(opindex + p.ws_ct_pindex),
                                          och.eq(och + C), ob.eq(ob + 1)]
         sb_valid, sb_first, sb_last = (Signal(name="ws_sb_valid"), Signal(name="ws_sb_first"),
                                        Signal(name="ws_sb_last"))
@@ -1055,10 +1115,16 @@ class Accelerator(wiring.Component):
         sb_e = Signal.like(oe, name="ws_sb_e")
         sb_c = Signal(range(C), name="ws_sb_c")
         sb_index = Signal(32, name="ws_sb_index")
+        sb_pindex = Signal(32, name="ws_sb_pindex")
+        sb_meta = Signal(meta_layout, name="ws_sb_meta")
         sb_ch = Signal.like(och, name="ws_sb_ch")
+        o_meta = Signal(meta_layout, name="ws_o_meta")
+        m.d.comb += o_meta.eq(Mux(ogpar, Array(pmeta[1])[op], Array(pmeta[0])[op]))
         m.d.sync += [sb_valid.eq(array.o.valid), sb_first.eq(okt == 0),
                      sb_last.eq(okt == p.ws_kt - 1), sb_e.eq(oe), sb_c.eq(oc),
-                     sb_index.eq(oindex + opix + op), sb_ch.eq(och)]
+                     sb_index.eq(oindex + o_meta.pix),
+                     sb_pindex.eq(opindex + o_meta.ppix), sb_meta.eq(o_meta),
+                     sb_ch.eq(och)]
         m.d.sync += [sb_out[n].eq(array.o.payload[n]) for n in range(C)]
         total = Signal(data.ArrayLayout(signed(accw), C), name="ws_sum")
         for n in range(C):
@@ -1074,6 +1140,8 @@ class Accelerator(wiring.Component):
         x_half = Signal(name="ws_x_half")
         x_bias = Signal(data.ArrayLayout(signed(accw), C), name="ws_x_bias")
         x_index = Signal(32, name="ws_x_index")
+        x_pindex = Signal(32, name="ws_x_pindex")
+        x_meta = Signal(meta_layout, name="ws_x_meta")
         x_ch = Signal.like(och, name="ws_x_ch")
         with m.If(sb_valid & sb_last):
             for h in range(2):
@@ -1081,17 +1149,21 @@ class Accelerator(wiring.Component):
                     with m.If((th == h) & (sb_c == j)):
                         m.d.sync += [tr[h][j][n].eq(total[n]) for n in range(C)]
         with m.If(x_active):
-            m.d.sync += [x_n.eq(x_n + 1), x_index.eq(x_index + p.howo)]
+            m.d.sync += [x_n.eq(x_n + 1), x_index.eq(x_index + p.howo),
+                         x_pindex.eq(x_pindex + p.hpwp)]
             with m.If(x_n == C - 1):
                 m.d.sync += [x_active.eq(0), x_n.eq(0)]
         with m.If(sb_valid & sb_last & (sb_c == C - 1)):
             m.d.sync += [th.eq(~th), x_active.eq(1), x_n.eq(0), x_half.eq(th),
-                         x_bias.eq(b_rd.data), x_index.eq(sb_index), x_ch.eq(sb_ch)]
+                         x_bias.eq(b_rd.data), x_index.eq(sb_index),
+                         x_pindex.eq(sb_pindex), x_meta.eq(sb_meta), x_ch.eq(sb_ch)]
         acc = Signal(data.ArrayLayout(signed(accw), C), name="ws_row_acc")
         for j in range(C):
             pick = [Array(tr[h][j][n] for n in range(C))[x_n] for h in range(2)]
             m.d.comb += acc[j].eq(Mux(x_half, pick[1], pick[0]))
         rows = {"valid": x_active, "acc": acc,
                 "bias": Array(x_bias[n] for n in range(C))[x_n],
-                "index": x_index, "write": (x_ch + x_n) < p.cout}
+                "index": x_index, "write": (x_ch + x_n) < p.cout, "pindex": x_pindex,
+                "pfirst": x_meta.pfirst, "plast": x_meta.plast, "inwin": x_meta.inwin,
+                "row": x_n}
         return array_take, reset, rows

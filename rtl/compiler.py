@@ -83,8 +83,8 @@ class ArrayConfig:
         :class:`~systolic.golden.errors.ConstraintError`.
     fuse_pool : bool
         Fuse a max pool (stride = kernel) that follows a convolution into the
-        convolution's output (no separate pass, no stored conv output).  Output-stationary
-        only: with ``"ws"`` every pool is its own pass.
+        convolution's output (no separate pass, no stored conv output), in either
+        dataflow.
     weight_memory : str
         ``"bram"`` (block RAM, initialized by the bitstream) or ``"spram"`` (iCE40
         UltraPlus SPRAM, :mod:`systolic.rtl.spram`: 8x larger, but empty at power-up, so
@@ -515,7 +515,7 @@ def compile_network(network, config=None):
 
     layers = network.layers
     fused = set()           # conv layers whose following max pool is fused
-    if config.fuse_pool and not ws:
+    if config.fuse_pool:
         for j in range(len(layers) - 1):
             nxt = layers[j + 1]
             if layers[j].kind == "conv2d" and nxt.kind == "maxpool2d" and \

@@ -121,7 +121,8 @@ def test_rounding_register_overrides_every_layer(mode):
     check(program, random_input(rng, net, 2), rounding=mode)
 
 
-def test_fused_pool_with_dropped_rows_and_columns():
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_fused_pool_with_dropped_rows_and_columns(dataflow):
     """A 5x7 conv output pooled 2x2: the last row and column are computed (their
     saturations count) but belong to no window."""
     rng = np.random.default_rng(5)
@@ -134,7 +135,7 @@ def test_fused_pool_with_dropped_rows_and_columns():
         MaxPool2d(kernel=2),
         Dense(weight=rng.integers(-32, 32, (4, 3 * 2 * 3)), weight_format=f, out_format=f,
               rounding="stochastic")], seed=99)
-    program = compile_network(net, ArrayConfig(rows=2, cols=3))
+    program = compile_network(net, ArrayConfig(rows=2, cols=3, dataflow=dataflow))
     assert program.steps[0].fused_pool == 2 and len(program.steps) == 2
     counters, want = check(program, random_input(rng, net, 3))
     assert want.saturations[0] > 0, "the conv should saturate somewhere"
@@ -209,17 +210,19 @@ WS_CASES = [(110 + seed, rows, cols) for seed, (rows, cols) in enumerate(
     [(1, 1), (2, 3), (3, 2), (4, 4), (2, 2), (3, 1), (1, 4), (4, 2), (2, 4), (4, 3)])]
 
 
-def _ws_case(seed, rows, cols):
+def _ws_case(seed, rows, cols, fuse=True):
     rng = np.random.default_rng(seed)
     net = random_network(rng, max_layers=3, max_size=7, max_channels=6)
-    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, dataflow="ws"))
+    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, dataflow="ws",
+                                               fuse_pool=fuse))
     return program, random_input(rng, net, cols)
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("seed,rows,cols", WS_CASES,
                          ids=[f"seed={s}-{r}x{c}" for s, r, c in WS_CASES])
-def test_ws_random_network_bit_exact(seed, rows, cols):
-    program, x = _ws_case(seed, rows, cols)
+def test_ws_random_network_bit_exact(seed, rows, cols, fuse):
+    program, x = _ws_case(seed, rows, cols, fuse)
     assert all(s.dataflow == "ws" for s in program.steps if s.kind == "matmul")
     check(program, x)
 
@@ -229,15 +232,18 @@ def test_ws_random_set_coverage():
     k-tiles and channel tiles, a partial last pixel group, blocks that wait for the
     weight double buffer, k-tiles beyond K, both C < R and C > R, pooling passes."""
     seen = dict.fromkeys(["k_tiles", "channel_tiles", "partial_group", "block_wait",
-                          "k_padding", "c_lt_r", "c_gt_r", "pool", "stride2"], 0)
+                          "k_padding", "c_lt_r", "c_gt_r", "pool", "fused_pool",
+                          "stride2"], 0)
     for seed, rows, cols in WS_CASES:
+        seen["pool"] += any(s.kind == "pool" for s in _ws_case(seed, rows, cols,
+                                                               False)[0].steps)
         program, _ = _ws_case(seed, rows, cols)
         seen["c_lt_r"] += cols < rows
         seen["c_gt_r"] += cols > rows
         for s in program.steps:
             if s.kind != "matmul":
-                seen["pool"] += 1
                 continue
+            seen["fused_pool"] += s.fused_pool > 0
             seen["k_tiles"] += s.k_tiles > 1
             seen["channel_tiles"] += s.channel_tiles > 1
             seen["partial_group"] += s.last_group < s.group

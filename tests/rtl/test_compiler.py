@@ -179,13 +179,17 @@ def test_ws_weight_and_bias_images(seed):
         assert not bias[cout:].any()
 
 
-def test_ws_pools_are_separate_passes():
-    """Weight-stationary programs never fuse a max pool, whatever fuse_pool says."""
+@pytest.mark.parametrize("fuse", [True, False])
+def test_ws_pool_fusion(fuse):
+    """Weight-stationary programs fuse max pools as output-stationary ones do."""
     net = models.load("lenet5")
-    program = compile_network(net, ArrayConfig(dataflow="ws", fuse_pool=True))
-    assert [s.op for s in program.steps] == ["conv2d", "max", "conv2d", "max", "dense",
-                                             "dense", "dense"]
-    assert not any(s.fused_pool for s in program.steps)
+    program = compile_network(net, ArrayConfig(dataflow="ws", fuse_pool=fuse))
+    if fuse:
+        assert [s.op for s in program.steps] == ["conv2d"] * 2 + ["dense"] * 3
+        assert [s.fused_pool for s in program.steps] == [2, 2, 0, 0, 0]
+    else:
+        assert [s.op for s in program.steps] == ["conv2d", "max", "conv2d", "max",
+                                                 "dense", "dense", "dense"]
 
 
 def test_ws_cycle_model_lenet5_8x8():
@@ -195,12 +199,13 @@ def test_ws_cycle_model_lenet5_8x8():
     from systolic.golden import srgen
     program = compile_network(models.load("lenet5"), ArrayConfig(dataflow="ws"))
     s = program.steps[0]
+    assert s.fused_pool == 2
     assert (s.group, s.groups, s.last_group, s.k_tiles, s.channel_tiles) == (3, 262, 1, 4, 1)
     assert s.beats == 1 * 4 * 784 * 8
     span = 4 * (261 * 24 + 23) - 23 + 0 * 8          # all blocks but the last; its one slot
     out = 1 + 3 + 4                                   # row register, generator, lanes
     assert s.cycles == (1 + srgen.ROUNDS) + 1 + span + (2 * 8 + 3 * 8 + 4) + out
-    dense = program.steps[4]                          # one pixel: blocks of 23 cycles
+    dense = program.steps[2]                          # one pixel: blocks of 23 cycles
     assert (dense.group, dense.k_tiles, dense.channel_tiles) == (1, 50, 15)
     assert dense.cycles == (1 + srgen.ROUNDS) + 1 + (15 * 50 - 1) * 23 + 44 + out
 

@@ -6,10 +6,10 @@ bit-exact against the golden model, with every counter as the compiler predicts.
   and a non-square 4x3 array (three columns keep the build small and make the 5 images
   two batches, the second partial), both dataflows, under Verilator; the 4x3 runs also
   compare every stored layer tensor.
-* 30 random networks (:func:`~systolic.golden.randnet.random_network`, the seed in the
+* 32 random networks (:func:`~systolic.golden.randnet.random_network`, the seed in the
   test id) on random small arrays, 3 random inputs each, every layer tensor compared
   (their models compiled at -O0, see ``RANDOM_BUILD``): seeds 0..23 output-stationary,
-  100..105 weight-stationary.
+  100..105, 116 and 125 weight-stationary.
 * Random input gaps and output back-pressure: same results, same compute cycles.
 * One Icarus run (a random network, with the layer check, gaps and back-pressure).
 * A planted difference (the golden side's weights changed) is reported with its layer,
@@ -18,8 +18,8 @@ bit-exact against the golden model, with every counter as the compiler predicts.
 Every build is cached (sim/runner.py), so a second run of this file only simulates.  With
 an empty cache, ``pytest -n 2`` runs this file and tests/test_cli_sim.py in about 3 1/2
 minutes on two cores for the output-stationary part (3 min 17 s measured; 28 Verilator
-builds and one Icarus build).  The weight-stationary cases (``-k "ws or 105"``) add 10
-Verilator builds: 6 min 48 s measured in one process on a loaded machine (the four zoo
+builds and one Icarus build).  The weight-stationary cases (``-k "ws or 105"``) add 12
+Verilator builds: about 7 minutes in one process on a loaded machine (the four zoo
 runs 48-88 s each, the random networks 14-39 s).
 """
 
@@ -101,7 +101,7 @@ def test_zoo_network_real_images(name, shape, layers, dataflow):
 
 #: Random networks: the seed drives the network, the array shape, pool fusion and inputs;
 #: seeds from 100 on run the weight-stationary dataflow.
-RANDOM_SEEDS = list(range(24)) + list(range(100, 106))
+RANDOM_SEEDS = list(range(24)) + list(range(100, 106)) + [116, 125]
 #: The random networks are small and run a few thousand cycles: their models are compiled
 #: without C++ optimization (-O0), which halves a build's time (the zoo networks and
 #: `systolic sim` use Verilator's default -Os).
@@ -131,7 +131,8 @@ def test_random_set_coverage():
     seen = dict.fromkeys(["stochastic", "nearest_even", "floor", "saturation", "stride2",
                           "padding", "avgpool", "fused_max", "unfused_max", "partial",
                           "one_column", "several_tiles", "ws", "ws_k_tiles",
-                          "ws_channel_tiles", "ws_c_lt_r", "ws_c_gt_r"], 0)
+                          "ws_channel_tiles", "ws_c_lt_r", "ws_c_gt_r", "ws_fused_max",
+                          "ws_unfused_max"], 0)
     for seed in RANDOM_SEEDS:
         net, config, x = random_case(seed)
         program = compile_network(net, config)
@@ -155,6 +156,8 @@ def test_random_set_coverage():
                                             if s.kind == "matmul")
             seen["ws_c_lt_r"] += config.cols < config.rows
             seen["ws_c_gt_r"] += config.cols > config.rows
+            seen["ws_fused_max"] += any(s.fused_pool for s in program.steps)
+            seen["ws_unfused_max"] += any(s.op == "max" for s in program.steps)
     assert len(RANDOM_SEEDS) >= 20
     assert all(seen.values()), seen
 
