@@ -225,14 +225,19 @@ class Requantizer(wiring.Component):
         m.d.comb += [mask[i].eq(s_pos > i) for i in range(xw + 1)]
         m.d.comb += [half_m1[i].eq(s_pos > i + 1) for i in range(xw + 1)]
         q_lsb = (x >> s_pos)[0]
+        # t = x + addend + carry in one carry chain: (2x + c) + (2a + c) = 2(x + a + c).
+        # (x + (half_m1 + q_lsb) took two chains in series: the iCE40 critical path.)
         addend = Signal(unsigned(xw + 1))
+        carry = Signal()
         with m.Switch(cfg.mode):
             with m.Case(MODE["nearest_even"]):
-                m.d.comb += addend.eq(half_m1 + q_lsb)
+                m.d.comb += [addend.eq(half_m1), carry.eq(q_lsb)]
             if self._stochastic:
                 with m.Case(MODE["stochastic"]):
                     m.d.comb += addend.eq(h & mask[:32])
-        t = stage(x + addend, "t")
+        twice = Signal(signed(xw + 4))
+        m.d.comb += twice.eq(Cat(carry, x).as_signed() + Cat(carry, addend))
+        t = stage(twice[1:].as_signed(), "t")
 
         # Stage 3: shift.  Right by s > 0 (arithmetic); left by -s after the clamp.
         k = Signal(range(self._max_left_shift + 1))

@@ -31,7 +31,7 @@ ALL = (FLOOR, NEAREST_EVEN, STOCHASTIC)
 #: Planted bugs, each a one-line change of Requantizer.elaborate (built when a test runs,
 #: so a stale pattern fails only its own test).
 BUGS = {
-    "ties_away": ("addend.eq(half_m1 + q_lsb)", "addend.eq(half_m1 + ~x[-1])"),
+    "ties_away": ("carry.eq(q_lsb)", "carry.eq(~x[-1])"),
     "clamp_is_event": ("saturated.eq(cfg.sat_lo)", "saturated.eq(1)"),
     "short_offset": ("addend.eq(h & mask[:32])", "addend.eq(h & half_m1[:32])"),
     "stages_ignore_stall": ("with m.If(advance): m.d.sync += reg.eq(value)",
