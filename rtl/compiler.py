@@ -52,8 +52,9 @@ __all__ = ["ArrayConfig", "Step", "Program", "compile_network", "PRESETS",
 
 #: Requantization lane latency with the generator outside the lane (``external_h``).
 LANE_LATENCY = 4
-#: Where the weights live (ArrayConfig.weight_memory).
-WEIGHT_MEMORIES = ("bram", "spram")
+#: Where the weights live (ArrayConfig.weight_memory); ``"auto"`` is resolved by
+#: :func:`compile_network` to one of the other two.
+WEIGHT_MEMORIES = ("bram", "spram", "auto")
 #: The lanes' largest left shift (a larger one gives the same results, see requant_shift).
 MAX_LEFT_SHIFT = 16
 
@@ -86,9 +87,15 @@ class ArrayConfig:
         convolution's output (no separate pass, no stored conv output), in either
         dataflow.
     weight_memory : str
-        ``"bram"`` (block RAM, initialized by the bitstream) or ``"spram"`` (iCE40
+        ``"bram"`` (block RAM, initialized by the bitstream), ``"spram"`` (iCE40
         UltraPlus SPRAM, :mod:`systolic.rtl.spram`: 8x larger, but empty at power-up, so
-        the weights are written through the weight stream before the first run).
+        the weights are written through the weight stream before the first run), or
+        ``"auto"``: chosen by size when the network is compiled, block RAM if the weight
+        and bias tensors fit in ``weight_memory_bits`` (the block-RAM budget; no budget:
+        they fit), SPRAM if they do not (the biases stay in block RAM either way, and
+        ``weight_memory_bits`` then no longer limits the weights: the board's SPRAM count
+        does, see :func:`systolic.boards.targets.check_fit`).  The program's ``config``
+        holds the choice.
 
     Raises
     ------
@@ -479,6 +486,18 @@ def compile_network(network, config=None):
         raise TypeError(f"Configuration must be an ArrayConfig, not {type(config).__name__}")
     R, C = config.rows, config.cols
     ws = config.dataflow == "ws"
+    if config.weight_memory == "auto":
+        # Weights, biases and formats do not depend on where the weights live: compile
+        # for block RAM, and keep it if the tensors fit the block-RAM budget.
+        program = compile_network(network, replace(config, weight_memory="bram",
+                                                   weight_memory_bits=None))
+        budget = config.weight_memory_bits
+        fits = budget is None or program.weight_bits + program.bias_bits <= budget
+        program = replace(program, config=replace(
+            config, weight_memory="bram" if fits else "spram",
+            weight_memory_bits=budget if fits else None))
+        _check_memory(program, program.config)
+        return program
 
     shapes, formats = network.tensor_shapes, network.tensor_formats
     for j, layer in enumerate(network.layers):

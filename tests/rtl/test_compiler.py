@@ -2,6 +2,8 @@
 memory images and the tiling arithmetic (the cycle model itself is checked against the
 hardware in test_accelerator.py and tests/sim)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -36,7 +38,7 @@ def small_net(*extra, stochastic=False):
     (dict(stochastic=1), TypeError, r"Stochastic must be a bool, not 1"),
     (dict(fuse_pool="yes"), TypeError, r"Fuse pool must be a bool, not 'yes'"),
     (dict(weight_memory="flash"), ValueError, r"Weight memory must be one of bram, spram, "
-                                              r"not 'flash'"),
+                                              r"auto, not 'flash'"),
     (dict(rounds_per_stage=0), TypeError, r"Rounds per stage must be a positive integer"),
     (dict(weight_memory_bits=-1), TypeError, r"Weight memory bits must be a positive"),
 ])
@@ -110,6 +112,27 @@ def test_weight_memory_too_small_names_bits():
                                               rf"{program.weight_bits} \+ {program.bias_bits} bits"
                                               rf".*layer 4's weight tensor.*1000 available"):
         compile_network(net, ArrayConfig(weight_memory_bits=1000))
+
+
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_auto_weight_memory_chooses_by_size(dataflow):
+    net = models.load("lenet5")
+    bram = compile_network(net, ArrayConfig(dataflow=dataflow, weight_memory="bram"))
+    need = bram.weight_bits + bram.bias_bits
+    for budget, kind in [(None, "bram"), (need, "bram"), (need - 1, "spram")]:
+        auto = compile_network(net, ArrayConfig(dataflow=dataflow, weight_memory="auto",
+                                                weight_memory_bits=budget))
+        assert auto.config.weight_memory == kind, (budget, auto.config)
+        explicit = compile_network(net, replace(auto.config))
+        assert auto.config == explicit.config
+        assert auto.steps == explicit.steps == bram.steps
+        assert auto.cycles == bram.cycles
+        np.testing.assert_array_equal(auto.weight_image, bram.weight_image)
+        np.testing.assert_array_equal(auto.bias_image, bram.bias_image)
+    # the budget only limits block RAM: a network that overflows it goes to SPRAM, and
+    # an explicit block-RAM configuration with that budget is still refused
+    with pytest.raises(ConstraintError, match=r"Weight memory: the weights and biases need"):
+        compile_network(net, ArrayConfig(dataflow=dataflow, weight_memory_bits=need - 1))
 
 
 def test_not_a_network():
