@@ -40,7 +40,7 @@ from systolic.golden.errors import ConstraintError, SystolicError
 
 from .synth import FAMILIES, SynthError, run_yosys, yowasp_tool
 from .targets import BoardTarget, board, check_fit
-from .top import BoardTop
+from .top import BoardTop, board_pll
 
 __all__ = ["BuildError", "BuildReport", "build", "tool_versions", "parse_nextpnr_report"]
 
@@ -289,6 +289,7 @@ def build(program, target, *, out_dir, name="top", seed=1, baud=None, progress=p
 
     # 2. elaborate and write the design files
     t = time.perf_counter()
+    board_pll(target)                       # an unreachable clock fails here, before the top
     top = BoardTop(program, target=target, baud=baud)
     plat = target.platform_class()()
     synth_opts = "-dsp" if family == "ice40" and cfg.multiplier == "inferred" else ""

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 __all__ = ["add_parsers", "cmd_emit", "cmd_build", "cmd_program"]
@@ -71,6 +72,9 @@ def cmd_build(args):
     from systolic.boards.targets import board
     from systolic.rtl.compiler import compile_network
     target = board(args.board)
+    if args.clock is not None:
+        # a slower PLL clock than the board's target, e.g. one the design meets
+        target = replace(target, clock_mhz=args.clock)
     name = args.network or target.default_network
     program = compile_network(_network(name), _config(args, target))
     out = Path(args.output or Path("build") / f"{target.name}-{name}")
@@ -167,6 +171,9 @@ def add_parsers(sub):
     s.add_argument("--multiplier", default="inferred")
     s.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
     s.add_argument("--baud", type=int, default=None, help="UART rate (default the board's)")
+    s.add_argument("--clock", type=float, default=None,
+                   help="PLL clock in MHz instead of the board's target (e.g. one that the "
+                        "design meets: the report gives Fmax)")
     s.add_argument("-o", "--output", default=None,
                    help="build directory (default build/BOARD-NETWORK)")
     s.set_defaults(func=cmd_build)

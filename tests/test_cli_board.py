@@ -99,3 +99,13 @@ def test_program_runs_the_boards_programmer(tmp_path, monkeypatch, capsys):
     calls = log.read_text()
     assert calls.endswith("bitstream bytes")
     assert "programmed" in capsys.readouterr().out
+
+
+def test_build_with_an_unreachable_clock_is_one_line(tmp_path, capsys):
+    """--clock sets the PLL; a frequency it cannot make is refused before any tool runs."""
+    assert main(["build", "--board", "icebreaker", "--network", "mnist-tiny", "--preset",
+                 "small", "--clock", "900", "-o", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert err == ("systolic: error: The iCE40 PLL cannot make 900 MHz from 12 MHz (at best "
+                   "528.000 MHz)\n")
+    assert not (tmp_path / "b" / "top.il").exists()
