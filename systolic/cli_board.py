@@ -17,9 +17,9 @@ from pathlib import Path
 
 __all__ = ["add_parsers", "cmd_emit", "cmd_build", "cmd_program"]
 
-#: Environment variables amaranth-boards reads to find each programmer.
-PROGRAMMER_ENV = {"iceprog": "ICEPROG", "openFPGALoader": "OPENFPGALOADER",
-                  "icesprog": "ICESPROG", "dfu-util": "DFU_UTIL"}
+#: Environment variables amaranth-boards reads to find a programmer (the others, such as
+#: the iCESugar's icesprog, are run from PATH).
+PROGRAMMER_ENV = {"iceprog": "ICEPROG", "openFPGALoader": "OPENFPGALOADER"}
 
 
 def _network(name):

@@ -109,3 +109,13 @@ def test_build_with_an_unreachable_clock_is_one_line(tmp_path, capsys):
     assert err == ("systolic: error: The iCE40 PLL cannot make 900 MHz from 12 MHz (at best "
                    "528.000 MHz)\n")
     assert not (tmp_path / "b" / "top.il").exists()
+
+
+def test_program_icesugar_without_icesprog(tmp_path, monkeypatch, capsys):
+    """A programmer amaranth-boards runs from PATH only: the message names no variable."""
+    bit = tmp_path / "top.bin"
+    bit.write_bytes(b"\0")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert main(["program", "--board", "icesugar", str(bit)]) == 1
+    assert capsys.readouterr().err == ("systolic: error: programmer icesprog not found on "
+                                       "PATH: install it to program the icesugar\n")
