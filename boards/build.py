@@ -223,7 +223,8 @@ def _overfull(log, target, cfg, net):
         if m and int(m.group(2)) > int(m.group(3)):
             bel, used, avail = m.group(1), int(m.group(2)), int(m.group(3))
             what = {v: k for k, v in BELS[target.device.family].items()}.get(bel, bel)
-            smaller = [n for n in target.presets if n != "default"]
+            smaller = [n for n, c in target.presets.items()
+                       if c.rows * c.cols < cfg.rows * cfg.cols]
             hint = f"; a smaller preset: {', '.join(smaller)}" if smaller else ""
             raise ConstraintError(
                 f"{net} on a {cfg.rows}x{cfg.cols} array with the link needs {used:,} "

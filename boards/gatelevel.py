@@ -5,7 +5,7 @@ models, bit-exact against the golden model (DESIGN.md section 6, rung 5).
 
     from systolic.boards.gatelevel import gate_level_check
 
-    program = compile_network(models.load("lenet5"), board("icebreaker").preset())
+    program = compile_network(models.load("lenet5"), board("icebreaker").preset("8x2"))
     result = gate_level_check(program, x[:3])       # x: real MNIST inputs
     assert result.ok, result.first_problem()
 

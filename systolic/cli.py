@@ -245,7 +245,7 @@ def cmd_sim(args):
             if args.array is not None or args.multiplier is not None:
                 raise SystemExit("systolic: error: --board simulates that board's array "
                                  "preset; give --board or --array/--multiplier, not both")
-            config = board(args.board).preset()
+            config = board(args.board).preset(args.preset)
             if args.dataflow is not None:
                 config = replace(config, dataflow=args.dataflow)
         else:
@@ -449,9 +449,11 @@ def _parser():
     s.add_argument("--multiplier", default=None,
                    help="inferred (default), lut or sb_mac16")
     s.add_argument("--board", default=None,
-                   help="simulate this board's array preset (e.g. icebreaker: 8x2, packed "
+                   help="simulate this board's array preset (e.g. icebreaker: 4x2, packed "
                         "SB_MAC16 multipliers, weights in SPRAM loaded through the weight "
                         "stream) instead of --array/--multiplier")
+    s.add_argument("--preset", default="default",
+                   help="with --board: the board's preset (default: default)")
     s.add_argument("--simulator", default="verilator", choices=("verilator", "icarus"))
     s.add_argument("--waves", action="store_true", help="record FST waves")
     s.add_argument("--rounding", default=None,

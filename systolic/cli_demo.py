@@ -151,8 +151,10 @@ def cmd_demo(args):
     print(f"{'time:':<12} {time.perf_counter() - start:.0f} s")
     ok = result.ok
     if report is not None and not report.timing_met:
-        print("systolic: warning: the bitstream does not meet its clock constraint",
-              file=sys.stderr)
+        fmax = report.accelerator_fmax_mhz
+        print(f"systolic: warning: the bitstream does not meet its {clock / 1e6:g} MHz clock "
+              f"(Fmax {fmax:.1f} MHz); `systolic build --board {target.name} --clock "
+              f"{int(fmax) - 1}` builds one for a slower clock", file=sys.stderr)
     if not ok:
         print(f"systolic: error: the virtual board differs from the golden model "
               f"({result.bit_exact}/{n} bit-exact, counters "

@@ -46,8 +46,8 @@ def test_overfull_logic_is_a_constraint_error(tmp_path):
     target = board("icebreaker")
     with pytest.raises(ConstraintError, match=r"^net on a 8x2 array with the link needs "
                        r"7,065 logic cells \(ICESTORM_LC\) after synthesis; iCE40UP5K has "
-                       r"5,280; a smaller preset: small$"):
-        _overfull(log, target, target.preset(), "net")
+                       r"5,280; a smaller preset: default$"):
+        _overfull(log, target, target.preset("8x2"), "net")
 
 
 NEXTPNR_REPORT = {

@@ -25,7 +25,7 @@ from systolic.sim.accel import simulate
 
 @pytest.mark.slow
 def test_lenet5_icebreaker_netlist_real_images():
-    program = compile_network(models.load("lenet5"), board("icebreaker").preset())
+    program = compile_network(models.load("lenet5"), board("icebreaker").preset("8x2"))
     images, labels = mnist("holdout")
     x = models.mnist_input(program.network, images[:3])
     result = gate_level_check(program, x, board="icebreaker")

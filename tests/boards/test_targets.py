@@ -22,7 +22,7 @@ def test_every_preset_fits_its_board_with_its_default_network(name):
 
 def test_icebreaker_default_uses_every_dsp_and_spram_for_lenet5():
     target = board("icebreaker")
-    program = compile_network(models.load("lenet5"), target.preset())
+    program = compile_network(models.load("lenet5"), target.preset("8x2"))
     need = estimate(program, target.device)
     assert need["dsps"] == 8 and need["sprams"] == 4
     assert program.config.rows * program.config.cols == 16     # 16 MACs per cycle
@@ -62,5 +62,5 @@ def test_unknown_board_and_preset():
     with pytest.raises(ValueError, match=r"Unknown board 'de10'; known boards: icebreaker"):
         board("de10")
     with pytest.raises(ValueError, match=r"Board icebreaker has no preset 'huge'; it has "
-                                         r"default, small"):
+                                         r"default, 8x2"):
         board("icebreaker").preset("huge")

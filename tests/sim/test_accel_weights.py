@@ -58,7 +58,7 @@ def check(result):
 
 @pytest.mark.slow
 def test_icebreaker_preset_lenet5_real_images():
-    config = board("icebreaker").preset()
+    config = board("icebreaker").preset("8x2")
     assert config.weight_memory == "spram" and config.multiplier == "sb_mac16"
     program = compile_network(models.load("lenet5"), config)
     images, labels = mnist("holdout")
@@ -175,7 +175,8 @@ def test_cli_sim_board_preset(capsys):
     """`systolic sim lenet5 --board icebreaker` simulates that board's preset (the build of
     test_icebreaker_preset_lenet5_real_images, from the cache)."""
     from systolic.cli import main
-    assert main(["sim", "lenet5", "--board", "icebreaker", "--images", "2"]) == 0
+    assert main(["sim", "lenet5", "--board", "icebreaker", "--preset", "8x2",
+                 "--images", "2"]) == 0
     out = capsys.readouterr().out
     assert "board icebreaker's 8x2 array (os, sb_mac16 multipliers, weights in SPRAM)" in out
     assert "bit-exact:         2/2 images" in out
