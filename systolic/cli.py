@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from ._common import quantized_network
+
 __all__ = ["main"]
 
 
@@ -62,12 +64,7 @@ def _layer_rows(net):
 
 
 def cmd_info(args):
-    from systolic.golden import models
-    net = models.load(args.network)
-    from systolic.golden.ir import QNetwork
-    if not isinstance(net, QNetwork):
-        raise SystemExit(f"systolic: error: {args.network} is a float network; "
-                         f"quantize it first (systolic quantize)")
+    net = quantized_network(args.network)
     rows = _layer_rows(net)
     input_bits = int(np.prod(net.input_shape)) * net.input_format.width
     summary = {
@@ -145,12 +142,8 @@ def _confusion(labels, predictions, classes):
 def cmd_golden(args):
     from systolic.golden import models
     from systolic.golden.datasets import mnist, to_float
-    from systolic.golden.ir import QNetwork
     from systolic.golden.run import run, run_float
-    net = models.load(args.network)
-    if not isinstance(net, QNetwork):
-        raise SystemExit(f"systolic: error: {args.network} is a float network; "
-                         f"quantize it first (systolic quantize)")
+    net = quantized_network(args.network)
     images, labels = mnist("holdout")
     if not 1 <= args.images <= len(images):
         raise SystemExit(f"systolic: error: --images must be between 1 and {len(images)} "
@@ -230,13 +223,9 @@ def cmd_train(args):
 def cmd_sim(args):
     from systolic.golden import models
     from systolic.golden.datasets import mnist
-    from systolic.golden.ir import QNetwork
     from systolic.rtl.compiler import ArrayConfig, compile_network
     from systolic.sim.accel import simulate
-    net = models.load(args.network)
-    if not isinstance(net, QNetwork):
-        raise SystemExit(f"systolic: error: {args.network} is a float network; "
-                         f"quantize it first (systolic quantize)")
+    net = quantized_network(args.network)
     try:
         if args.board is not None:
             from dataclasses import replace

@@ -15,20 +15,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ._common import quantized_network
+
 __all__ = ["add_parsers", "cmd_emit", "cmd_build", "cmd_program"]
 
 #: Environment variables amaranth-boards reads to find a programmer (the others, such as
 #: the iCESugar's icesprog, are run from PATH).
 PROGRAMMER_ENV = {"iceprog": "ICEPROG", "openFPGALoader": "OPENFPGALOADER"}
-
-
-def _network(name):
-    from systolic.golden import models
-    from systolic.golden.ir import QNetwork
-    net = models.load(name)
-    if not isinstance(net, QNetwork):
-        raise ValueError(f"{name} is a float network; quantize it first (systolic quantize)")
-    return net
 
 
 def _config(args, target):
@@ -49,7 +42,7 @@ def cmd_emit(args):
     from systolic.rtl.compiler import compile_network
     from systolic.sim.verilog import emit_rtlil, emit_verilog
     target = board(args.board)
-    net = _network(args.network or target.default_network)
+    net = quantized_network(args.network or target.default_network)
     program = compile_network(net, _config(args, target))
     if args.what == "top":
         from systolic.boards.top import BoardTop
@@ -76,7 +69,7 @@ def cmd_build(args):
         # a slower PLL clock than the board's target, e.g. one the design meets
         target = replace(target, clock_mhz=args.clock)
     name = args.network or target.default_network
-    program = compile_network(_network(name), _config(args, target))
+    program = compile_network(quantized_network(name), _config(args, target))
     out = Path(args.output or Path("build") / f"{target.name}-{name}")
     print(f"systolic build: {name} for {target.name} ({target.device.name}) in {out}",
           flush=True)

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._common import board_program
+
 __all__ = ["add_parser", "cmd_demo"]
 
 
@@ -65,21 +67,15 @@ def _virtual_board(program, target, x, labels):
 
 
 def cmd_demo(args):
-    from systolic.boards.targets import board, check_fit
+    from systolic.boards.targets import check_fit
     from systolic.boards.top import BoardTop, board_pll
     from systolic.golden import models
     from systolic.golden.datasets import mnist
-    from systolic.golden.ir import QNetwork
     from systolic.rtl.accelerator import Accelerator
-    from systolic.rtl.compiler import compile_network
     from systolic.sim.verilog import emit_verilog
 
-    target = board(args.board)
-    name = args.network or target.default_network
-    net = models.load(name)
-    if not isinstance(net, QNetwork):
-        raise ValueError(f"{name} is a float network; quantize it first (systolic quantize)")
-    program = compile_network(net, target.preset(args.preset))
+    target, name, program = board_program(args)
+    net = program.network
     check_fit(program, target)
     cfg = program.config
     out = Path(args.out)

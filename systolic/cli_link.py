@@ -9,23 +9,9 @@ code as on a real board (``--port /dev/ttyUSB1``).
 import sys
 import time
 
+from ._common import board_program
+
 __all__ = ["add_parsers", "cmd_run", "cmd_serve"]
-
-
-def _program(args):
-    """The board target, network and compiled program the command is about."""
-    from systolic.golden import models
-    from systolic.golden.ir import QNetwork
-    from systolic.rtl.compiler import compile_network
-
-    from systolic.boards.targets import board
-    target = board(args.board)
-    name = args.network or target.default_network
-    net = models.load(name)
-    if not isinstance(net, QNetwork):
-        raise ValueError(f"{name} is a float network; quantize it first (systolic quantize)")
-    program = compile_network(net, target.preset(args.preset))
-    return target, name, program
 
 
 def _bar(done, total, width=30):
@@ -77,7 +63,7 @@ def cmd_run(args):
     from systolic.boards.session import run_images
     from systolic.golden import models
     from systolic.golden.datasets import mnist
-    target, name, program = _program(args)
+    target, name, program = board_program(args)
     images, labels = mnist("holdout")
     if not 1 <= args.images <= len(images):
         raise ValueError(f"--images must be between 1 and {len(images)} (the held-out "
@@ -152,7 +138,7 @@ def _listen(text):
 def cmd_serve(args):
     from systolic.boards.virtual import VirtualBoard
     host, port = _listen(args.listen)
-    target, name, program = _program(args)
+    target, name, program = board_program(args)
     cfg = program.config
     print(f"systolic serve: virtual {target.name} board, {name} on a {cfg.rows}x{cfg.cols} "
           f"array; building the board top's simulation (Verilator, cached)...", flush=True)

@@ -75,3 +75,15 @@ def test_errors_are_one_line_and_nonzero(argv, message, tmp_path, monkeypatch):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["info"], ["golden"], ["sim"], ["emit", "-o", "x.v"],
+                                     ["build"], ["demo", "--no-build"]])
+def test_float_network_is_one_clear_line(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = str(models.zoo_dir() / "mnist-tiny-float.npz")
+    args = command[:1] + ([path] if command[0] in ("info", "golden", "sim", "emit")
+                          else ["--network", path]) + command[1:]
+    assert main(args) == 1
+    assert capsys.readouterr().err == (f"systolic: error: {path} is a float network; "
+                                       f"quantize it first (systolic quantize)\n")
