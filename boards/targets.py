@@ -114,9 +114,9 @@ class BoardTarget:
 # (floor and nearest_even remain run-time choices).
 _ICE40 = {
     "default": ArrayConfig(rows=4, cols=2, multiplier="sb_mac16", weight_memory="spram",
-                           stochastic=False),
+                           stochastic=False, interconnect="broadcast"),
     "8x2": ArrayConfig(rows=8, cols=2, multiplier="sb_mac16", weight_memory="spram",
-                       stochastic=False),
+                       stochastic=False, interconnect="broadcast"),
 }
 
 BOARDS = {
@@ -184,7 +184,8 @@ def estimate(program, device):
         memories.append(("weights", memory_blocks(device, program.weight_words, wbits),
                          "bram"))
     memories.append(("biases", memory_blocks(device, program.bias_words,
-                                             R * program.acc_width), "bram"))
+                                             program.bias_lanes * program.acc_width),
+                     "bram"))
     bank = memory_blocks(device, program.act_words, program.act_width)
     memories.append((f"activations ({C} banks)", C * bank, "bram"))
     return {"dsps": dsps,

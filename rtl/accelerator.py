@@ -79,11 +79,11 @@ def _pack(image, width):
 
 def weight_stream_layout(program):
     """Payload of the accelerator's weight-rewrite stream ``w``."""
-    R = program.lanes
     return data.StructLayout({
         "bias": 1,
         "addr": _u(max(program.weight_words, program.bias_words) - 1),
-        "data": unsigned(R * max(program.weight_width, program.acc_width)),
+        "data": unsigned(max(program.lanes * program.weight_width,
+                             program.bias_lanes * program.acc_width)),
     })
 
 
@@ -214,7 +214,7 @@ class Accelerator(wiring.Component):
             w_rd = wmem.read_port()
             w_wr = wmem.write_port()
         b_init = _pack(P.bias_image, accw)
-        bmem = m.submodules.bmem = memory.Memory(shape=unsigned(P.lanes * accw),
+        bmem = m.submodules.bmem = memory.Memory(shape=unsigned(P.bias_lanes * accw),
                                                  depth=P.bias_words, init=b_init)
         b_rd = bmem.read_port()
         b_wr = bmem.write_port()
@@ -243,6 +243,7 @@ class Accelerator(wiring.Component):
             return max(0, P.ws_block_min - pixels * P_ws) if s.dataflow == "ws" else 0
 
         mm_ws = [s for s in steps if s.dataflow == "ws"] or [None]
+        counted = sorted({s.layer for s in steps})      # layers with per-layer counters
         H_max = max(max(s.in_shape[1], s.in_shape[2]) for s in steps)
         fields = {
             "pool": 1, "is_max": 1,
@@ -264,6 +265,7 @@ class Accelerator(wiring.Component):
             "w_base": _u(P.weight_words), "b_base": _u(P.bias_words),
             "rows": _u(max(rows_of(s) for s in steps)),
             "layer": _u(max(s.layer for s in steps)),
+            "slot": _u(len(counted) - 1),
             # output pixel order and the fused max pool (kp = 1: none, raster order)
             "kp": _u(max(max(s.fused_pool, 1) for s in steps)),
             "hp": _u(max(s.stored_shape[1] for s in steps)),
@@ -311,7 +313,7 @@ class Accelerator(wiring.Component):
                 "in_base": s.in_base, "out_base": s.out_base,
                 "w_base": s.w_base, "b_base": s.b_base,
                 "rows": rows_of(s),
-                "layer": s.layer,
+                "layer": s.layer, "slot": counted.index(s.layer),
                 "kp": kp, "hp": hp, "wp": wp, "hpwp": hp * wp, "wpkp": wp * kp,
                 "band_ystep": kp * s.stride, "band_ywstep": kp * s.stride * s.in_shape[2],
                 "band_pixstep": kp * s.out_shape[2],
@@ -353,7 +355,12 @@ class Accelerator(wiring.Component):
         ho_left = Signal.like(p.ho)                      # ho - band * kp
         band_pix = Signal.like(p.howo)                   # band * kp * wo
         pidx_band = Signal.like(p.hpwp)                  # band * wp
-        ct_pindex = Signal(unsigned(32))                 # pooled index of the tile's row 0
+        # flat output indices (the generator's ``i``) and pooled indices (write
+        # addresses) only as wide as the largest tensor, channels padded to the tiles,
+        # plus a bit: 32-bit counters here cost ~20 logic cells each on the iCE40
+        iw = bits_for(max(max(s.out_shape[0], s.channel_tiles * max(R, C)) *
+                          (s.out_shape[1] + 1) * (s.out_shape[2] + 1) for s in steps)) + 1
+        ct_pindex = Signal(unsigned(iw))                 # pooled index of the tile's row 0
         kcount = Signal.like(p.k)
         aw_bits = len(act_addr) + 2
         xb = Signal(signed(bits_for(2 * H_max) + 2))     # ox * stride - left
@@ -365,7 +372,7 @@ class Accelerator(wiring.Component):
         cioff = Signal(unsigned(aw_bits))                # ci * hw
         tplane = Signal(unsigned(aw_bits))               # pool: ct * hw
         pix = Signal.like(p.howo)                        # oy * wo + ox
-        ct_index = Signal(unsigned(32))                  # index of the tile's row 0, pixel 0
+        ct_index = Signal(unsigned(iw))                  # index of the tile's row 0, pixel 0
         wt = Signal(unsigned(bits_for(P.weight_words) + 1))   # w_base + ct * k
         issued = Signal()                                # every beat of the step issued
 
@@ -393,8 +400,8 @@ class Accelerator(wiring.Component):
         # -- stage 1: memory outputs and the beat's control --------------------------------
         s1_valid = Signal()
         s1_first, s1_last, s1_inside = Signal(), Signal(), Signal()
-        s1_index = Signal(32)
-        s1_pindex = Signal(32)
+        s1_index = Signal(iw)
+        s1_pindex = Signal(iw)
         s1_pfirst, s1_plast, s1_inwin = Signal(), Signal(), Signal()
         s1_rows = Signal(range(R + 1))
         advance = Signal()
@@ -408,7 +415,7 @@ class Accelerator(wiring.Component):
             m.d.comb += [act_addr.eq(addr[:len(act_addr)]), act_en.eq(advance)]
         if not ws:
             m.d.comb += [w_rd.addr.eq(wt + kcount), w_rd.en.eq(advance)]
-        s1_baddr = Signal.like(p.b_base)                 # the tile's bias word
+        s1_baddr = Signal.like(p.b_base)                 # the tile's first bias word
 
         rows_left = Signal(signed(bits_for(max(s.out_shape[0] for s in steps)) + 2))
         m.d.comb += rows_left.eq(p.cout - ct * R)        # real channels in this tile
@@ -423,7 +430,9 @@ class Accelerator(wiring.Component):
                 s1_pfirst.eq((dy == 0) & (dx == 0)),
                 s1_plast.eq((dy == p.kp - 1) & (dx == p.kp - 1)),
                 s1_inwin.eq((band < p.hp) & (ox < p.wpkp)),
-                s1_baddr.eq(p.b_base + ct),
+                # output-stationary: R bias words per tile; weight-stationary keeps
+                # its own bias address (one word of C per tile)
+                s1_baddr.eq(p.b_base + ct * (1 if ws else R)),
             ]
             m.d.sync += s1_rows.eq(Mux(p.pool | (rows_left >= R), R, rows_left))
 
@@ -489,7 +498,7 @@ class Accelerator(wiring.Component):
         if not ws:
             array = m.submodules.array = SystolicArray(
                 rows=R, cols=C, in_width=ww, weight_width=aw, dataflow="os",
-                multiplier=cfg.multiplier, acc_width=accw,
+                multiplier=cfg.multiplier, acc_width=accw, interconnect=cfg.interconnect,
                 max_reduction=max([s.reduction for s in steps if s.kind == "matmul"] or [1]))
             # A tile's metadata waits here for its rows.  It carries the bias word's address,
             # not the R biases, and indices only as wide as the largest tensor: on the iCE40
@@ -503,10 +512,11 @@ class Accelerator(wiring.Component):
                                  (s.stored_shape[2] + 1) for s in mm)),
                 "pfirst": 1, "plast": 1, "inwin": 1,
                 "baddr": unsigned(len(s1_baddr))})
+            # tiles in flight: issued, in the array, and draining (period >= R)
+            in_flight = -(-(R + array.latency) // R) + 2
             meta = m.submodules.meta = SyncFIFOBuffered(
-                width=meta_layout.size, depth=-(-(2 * R + C + 3) // R) + 2)
+                width=meta_layout.size, depth=in_flight)
             wword = data.View(data.ArrayLayout(signed(ww), R), w_rd.data)
-            bword = data.View(data.ArrayLayout(signed(accw), R), b_rd.data)
             to_array = Signal()
             m.d.comb += to_array.eq(s1_valid & ~p.pool)
             room = Signal()
@@ -537,8 +547,8 @@ class Accelerator(wiring.Component):
             # array rows: bias of the row's channel, index = tile index + r * howo
             head = data.View(meta_layout, meta.r_data)
             row = Signal(range(R))
-            row_off = Signal(32)
-            prow_off = Signal(32)
+            row_off = Signal(iw)
+            prow_off = Signal(iw)
             m.d.comb += meta.r_en.eq(array.o.valid & (row == R - 1))
             with m.If(array.o.valid):
                 with m.If(row == R - 1):
@@ -560,7 +570,7 @@ class Accelerator(wiring.Component):
         racc = Signal(data.ArrayLayout(signed(accw), C))
         pool_valid = Signal()
         pool_acc = Signal(data.ArrayLayout(signed(accw), C))
-        pool_index = Signal(32)
+        pool_index = Signal(iw)
         m.d.sync += pool_valid.eq(s1_valid & p.pool & s1_last)
         with m.If(s1_valid & p.pool):
             for j in range(C):
@@ -578,20 +588,20 @@ class Accelerator(wiring.Component):
         # -- output path: row register, shared generator, lanes, writer -------------------
         # what travels with a row to the writer: whether it is a real channel
         # (``write``), its pooled index and window flags, its row (for the running max)
-        tag_layout = data.StructLayout({"write": 1, "pindex": unsigned(32), "pfirst": 1,
+        tag_layout = data.StructLayout({"write": 1, "pindex": unsigned(iw), "pfirst": 1,
                                         "plast": 1, "inwin": 1,
                                         "row": range(max(R, C) if ws else R)})
         a_valid = Signal()
         a_acc = Signal(data.ArrayLayout(signed(accw), C))
         a_bias = Signal(signed(accw))
-        a_index = Signal(32)
+        a_index = Signal(iw)
         a_tag = Signal(tag_layout)
-        # the head tile's bias word, read while its row goes into the a registers: the
-        # word is out of the memory when the row is (the head changes only after its
-        # last row, and the rows of one tile share the word)
+        # output-stationary: the row's own bias word (one bias per word: the head tile's
+        # first word + the row), read while the row goes into the a registers, so it is
+        # out of the memory when the row is (the head changes only after its last row)
         if not ws:
-            m.d.comb += b_rd.addr.eq(head.baddr)
-            m.d.comb += a_bias.eq(Mux(p.pool, 0, bword[a_tag.row]))
+            m.d.comb += b_rd.addr.eq(head.baddr + row)
+            m.d.comb += a_bias.eq(Mux(p.pool, 0, b_rd.data.as_signed()))
         else:
             # weight-stationary: the transposer's row carries its bias
             ws_bias = Signal(signed(accw))
@@ -713,21 +723,22 @@ class Accelerator(wiring.Component):
         # program.cycles, saturations at most C per cycle), two bits of headroom, and
         # zero-extended to the 32-bit outputs: 32-bit registers were ~400 logic cells of
         # an 8x2 iCE40 build (and a wider counter mux in the link).
-        L = len(P.network.layers)
         cw = min(COUNTER_WIDTH, bits_for(P.cycles) + 2)
         sw = min(COUNTER_WIDTH, bits_for(C * P.cycles) + 2)
+        # Per-layer registers only for the layers a step runs (a fused pool's layer, for
+        # one, has none: it reads 0), addressed by the step's ``slot``.
         cycles_r, beats_r = Signal(cw), Signal(cw)
-        lcyc = Array(Signal(cw, name=f"layer_cycles_{n}") for n in range(L))
-        sats = Array(Signal(sw, name=f"saturations_{n}") for n in range(L))
+        lcyc = Array(Signal(cw, name=f"layer_cycles_{n}") for n in counted)
+        sats = Array(Signal(sw, name=f"saturations_{n}") for n in counted)
         m.d.comb += [self.cycles.eq(cycles_r), self.beats.eq(beats_r)]
-        m.d.comb += [self.layer_cycles[n].eq(lcyc[n]) for n in range(L)]
-        m.d.comb += [self.saturations[n].eq(sats[n]) for n in range(L)]
+        for k, n in enumerate(counted):
+            m.d.comb += [self.layer_cycles[n].eq(lcyc[k]), self.saturations[n].eq(sats[k])]
         with m.If(computing):
-            m.d.sync += [cycles_r.eq(cycles_r + 1), lcyc[p.layer].eq(lcyc[p.layer] + 1)]
+            m.d.sync += [cycles_r.eq(cycles_r + 1), lcyc[p.slot].eq(lcyc[p.slot] + 1)]
         with m.If(array_take):
             m.d.sync += beats_r.eq(beats_r + 1)
         with m.If(w_valid & w_write):
-            m.d.sync += sats[p.layer].eq(sats[p.layer] + sat_count)
+            m.d.sync += sats[p.slot].eq(sats[p.slot] + sat_count)
 
         # -- load, output, weight rewrite --------------------------------------------------
         in_count = Signal(_u(P.input_words))
@@ -792,8 +803,8 @@ class Accelerator(wiring.Component):
                     with m.If(in_count == P.input_words - 1):
                         m.d.sync += [in_count.eq(0), state.eq(ST["SETUP"]), step.eq(0),
                                      cycles_r.eq(0), beats_r.eq(0)]
-                        m.d.sync += [lcyc[n].eq(0) for n in range(L)]
-                        m.d.sync += [sats[n].eq(0) for n in range(L)]
+                        m.d.sync += [lcyc[k].eq(0) for k in range(len(counted))]
+                        m.d.sync += [sats[k].eq(0) for k in range(len(counted))]
                         load_step(0)
             with m.Case(ST["SETUP"]):
                 # p holds the step's constants; start the key schedule

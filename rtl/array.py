@@ -13,7 +13,7 @@ is a register output, so it never waits on ``o.ready``; ``i.ready`` is the advan
 gated by the tile rules below.
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,14 +23,19 @@ from systolic.golden.errors import ConstraintError
 from ._params import check_int
 from .mac import (MULTIPLIERS, Multiplier, _choice, _operand_width,
                   check_multiplier)
-from .pe import OutputStationaryPE, WeightStationaryPE, _check_pe, tagged_layout
+from .pe import (BroadcastPE, OutputStationaryPE, WeightStationaryPE, _check_pe,
+                 tagged_layout)
 from .skew import Deskew, Skew, _any
 
-__all__ = ["DATAFLOWS", "MAX_SIZE", "DEFAULT_MAX_REDUCTION", "SystolicArray",
-           "OutputStationaryGrid", "WeightStationaryGrid"]
+__all__ = ["DATAFLOWS", "INTERCONNECTS", "MAX_SIZE", "DEFAULT_MAX_REDUCTION",
+           "SystolicArray", "OutputStationaryGrid", "BroadcastGrid", "WeightStationaryGrid"]
 
 #: Dataflows: output-stationary, weight-stationary.
 DATAFLOWS = ("os", "ws")
+#: How operands reach the PEs: ``"systolic"`` (neighbour to neighbour, one register per
+#: hop, with skew and deskew buffers) or ``"broadcast"`` (output-stationary only: to a
+#: whole row or column in the same cycle, see :class:`BroadcastGrid`).
+INTERCONNECTS = ("systolic", "broadcast")
 #: Largest number of rows or columns.
 MAX_SIZE = 32
 #: Longest output-stationary reduction the default accumulator is sized for (the longest
@@ -171,6 +176,81 @@ class OutputStationaryGrid(_Grid):
                 m.d.comb += pe.drain_start.eq(pes[R - 1][c].done)
         for c in range(C):
             m.d.comb += self.out[c].eq(pes[R - 1][c].drain_out)
+        return m
+
+
+class BroadcastGrid(_Grid):
+    """R x C output-stationary PEs fed by broadcast: row ``r``'s operand of ``a`` and column
+    ``j``'s of ``b`` reach all their PEs in the same cycle, so there are no skew or
+    deskew buffers, no operand registers in the PEs, and one copy of the pipeline control.
+
+    The price is fan-out: each ``a`` value drives ``C`` multiplier inputs and each ``b``
+    value ``R``.  That is cheap for the small arrays of an iCE40 UltraPlus (8 x 2: fan-out
+    8), where the systolic registers were ~700 of the 5,280 logic cells; large arrays at
+    high clocks keep the systolic interconnect.
+
+    Parameters
+    ----------
+    rows, cols, in_width, weight_width, acc_width, multiplier
+        As :class:`OutputStationaryGrid`.
+
+    Members
+    -------
+    en : In(1)
+        Global advance.
+    a : In(ArrayLayout(signed(in_width), rows)); b : In(ArrayLayout(signed(weight_width), cols))
+        The operands of a beat.
+    valid, last : In(1)
+        The beat counts; it ends the reduction.
+    out : Out(ArrayLayout(signed(acc_width), cols)); out_valid : Out(1)
+        The head of the drain: row ``i`` of a finished tile ``i`` enabled edges after its
+        first row, row 0 first.
+
+    Timing: a beat sampled at edge ``t`` is accumulated at edge ``t + 2``; a ``last`` beat's
+    sums are all in the slots after that edge, and row ``i`` is at ``out`` (``out_valid``)
+    after ``i`` more enabled edges.  Consecutive ``last`` beats must be at least ``rows``
+    enabled edges apart (:class:`SystolicArray` holds early ones back).
+    """
+
+    def __init__(self, *, rows, cols, in_width, weight_width, acc_width,
+                 multiplier="inferred"):
+        _check_grid(rows, cols, in_width, weight_width, acc_width, multiplier)
+        super().__init__(rows=rows, cols=cols, in_width=in_width, weight_width=weight_width,
+                         acc_width=acc_width, multiplier=multiplier, members={
+                             "en": In(1),
+                             "a": In(data.ArrayLayout(signed(in_width), rows)),
+                             "b": In(data.ArrayLayout(signed(weight_width), cols)),
+                             "valid": In(1),
+                             "last": In(1),
+                             "out": Out(data.ArrayLayout(signed(acc_width), cols)),
+                             "out_valid": Out(1),
+                         })
+
+    def elaborate(self, platform):
+        m = Module()
+        pes = self._pes(m, BroadcastPE)
+        R, C = self._rows, self._cols
+        valid1, last1, valid2, last2 = Signal(), Signal(), Signal(), Signal()
+        fresh = Signal(init=1)
+        load = Signal()
+        held = Signal(R)                  # which slots of the drain hold a result
+        m.d.comb += load.eq(valid2 & last2)
+        with m.If(self.en):
+            m.d.sync += [valid1.eq(self.valid), last1.eq(self.last),
+                         valid2.eq(valid1), last2.eq(last1)]
+            with m.If(valid2):
+                m.d.sync += fresh.eq(last2)
+            m.d.sync += held.eq(Mux(load, (1 << R) - 1, held >> 1))
+        for r in range(R):
+            for c in range(C):
+                pe = pes[r][c]
+                m.d.comb += [pe.a.eq(self.a[r]), pe.b.eq(self.b[c]),
+                             pe.accumulate.eq(valid2), pe.fresh.eq(fresh), pe.load.eq(load)]
+                if r + 1 < R:
+                    m.d.comb += pe.drain_in.eq(pes[r + 1][c].drain_out)
+        for c in range(C):
+            m.d.comb += self.out[c].eq(pes[0][c].drain_out)
+        m.d.comb += self.out_valid.eq(held[0])
         return m
 
 
@@ -331,12 +411,14 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, *, rows, cols, in_width=8, weight_width=8, dataflow="os",
-                 multiplier="inferred", max_reduction=None, acc_width=None):
+                 multiplier="inferred", max_reduction=None, acc_width=None,
+                 interconnect="systolic"):
         _size("Array rows", rows)
         _size("Array columns", cols)
         _operand_width("Input width", in_width)
         _operand_width("Weight width", weight_width)
         _choice("Dataflow", dataflow, DATAFLOWS)
+        check_interconnect(interconnect, dataflow)
         check_multiplier(multiplier, in_width, weight_width, names=("Input", "Weight"))
         if max_reduction is None:
             max_reduction = DEFAULT_MAX_REDUCTION if dataflow == "os" else rows
@@ -356,6 +438,7 @@ class SystolicArray(wiring.Component):
         self._in_width, self._weight_width = in_width, weight_width
         self._dataflow, self._multiplier = dataflow, multiplier
         self._max_reduction, self._acc_width = max_reduction, acc_width
+        self._interconnect = interconnect
 
         a = data.ArrayLayout(signed(in_width), rows)
         members = {}
@@ -376,11 +459,12 @@ class SystolicArray(wiring.Component):
     multiplier = property(lambda self: self._multiplier)
     max_reduction = property(lambda self: self._max_reduction)
     acc_width = property(lambda self: self._acc_width)
+    interconnect = property(lambda self: self._interconnect)
 
     @property
     def latency(self):
         """Cycles from accepting a beat (an OS tile's last) to its first output valid."""
-        return self._rows + self._cols + 3
+        return array_latency(self._rows, self._cols, self._interconnect)
 
     def tile_period(self, reduction):
         """Output-stationary: cycles between tiles of ``reduction`` beats, back to back."""
@@ -398,6 +482,8 @@ class SystolicArray(wiring.Component):
         grid_kwargs = dict(rows=R, cols=C, in_width=self._in_width,
                            weight_width=self._weight_width, acc_width=self._acc_width,
                            multiplier=self._multiplier)
+        if self._interconnect == "broadcast":
+            return self._elaborate_broadcast(m, grid_kwargs)
         deskew = m.submodules.deskew = Deskew(shape=signed(self._acc_width), lanes=C)
         advance = deskew.i.ready
         wiring.connect(m, deskew.o, wiring.flipped(self.o))
@@ -407,19 +493,7 @@ class SystolicArray(wiring.Component):
             skew_a = m.submodules.skew_a = Skew(shape=os_lane_layout(self._in_width),
                                                 lanes=R)
             skew_b = m.submodules.skew_b = Skew(shape=signed(self._weight_width), lanes=C)
-            # Tile rule: a `last` beat only when the previous one is >= R cycles back,
-            # so each column's drain has passed a slot before the slot's next sum.
-            since_last = Signal(range(R + 1), init=R)
-            accept = Signal()
-            m.d.comb += [
-                self.i.ready.eq(advance & (~self.i.payload.last | (since_last == R))),
-                accept.eq(self.i.valid & self.i.ready),
-            ]
-            with m.If(advance):
-                with m.If(accept & self.i.payload.last):
-                    m.d.sync += since_last.eq(1)
-                with m.Elif(since_last != R):
-                    m.d.sync += since_last.eq(since_last + 1)
+            accept = self._tile_rule(m, advance)
             for r in range(R):
                 # Row r of A enters PE row R-1-r: the bottom row finishes first in each
                 # column and drains first, so rows leave in order 0..R-1.
@@ -474,3 +548,52 @@ class SystolicArray(wiring.Component):
             deskew.i.valid.eq(_any([grid.out[c].valid for c in range(C)])),
         ]
         return m
+
+    def _tile_rule(self, m, advance):
+        """Accept a ``last`` beat only when the previous one is >= R enabled cycles back,
+        so each column's drain has passed a slot before the slot's next sum; returns the
+        accept signal."""
+        R = self._rows
+        since_last = Signal(range(R + 1), init=R)
+        accept = Signal()
+        m.d.comb += [
+            self.i.ready.eq(advance & (~self.i.payload.last | (since_last == R))),
+            accept.eq(self.i.valid & self.i.ready),
+        ]
+        with m.If(advance):
+            with m.If(accept & self.i.payload.last):
+                m.d.sync += since_last.eq(1)
+            with m.Elif(since_last != R):
+                m.d.sync += since_last.eq(since_last + 1)
+        return accept
+
+    def _elaborate_broadcast(self, m, grid_kwargs):
+        grid = m.submodules.grid = BroadcastGrid(**grid_kwargs)
+        # The drain's head is the output register: the array advances when it is empty
+        # or taken, so o.valid never waits on o.ready.
+        advance = Signal()
+        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+        accept = self._tile_rule(m, advance)
+        m.d.comb += [
+            grid.en.eq(advance),
+            grid.a.eq(self.i.payload.a), grid.b.eq(self.i.payload.b),
+            grid.valid.eq(accept), grid.last.eq(self.i.payload.last),
+            self.o.payload.eq(grid.out), self.o.valid.eq(grid.out_valid),
+        ]
+        return m
+
+
+def check_interconnect(interconnect, dataflow):
+    """Validate an interconnect for a dataflow (``ValueError`` if unknown or if
+    ``"broadcast"`` is asked for the weight-stationary dataflow)."""
+    _choice("Interconnect", interconnect, INTERCONNECTS)
+    if interconnect == "broadcast" and dataflow != "os":
+        raise ValueError(f"A broadcast interconnect needs the output-stationary dataflow, "
+                         f"not {dataflow!r}")
+
+
+def array_latency(rows, cols, interconnect="systolic"):
+    """Cycles from the array accepting an output-stationary tile's last beat to its first
+    result row being valid: ``R + C + 3`` systolic (skew, hops, PE stages, deskew), 3
+    broadcast (the PE stages only)."""
+    return 3 if interconnect == "broadcast" else rows + cols + 3

@@ -42,7 +42,8 @@ from systolic.golden.ir import QNetwork
 from systolic.golden.ops import align_bias, clamp_bounds
 
 from ._params import check_int
-from .array import DATAFLOWS, MAX_SIZE
+from .array import (DATAFLOWS, INTERCONNECTS, MAX_SIZE, array_latency,
+                    check_interconnect)
 from .mac import MULTIPLIERS
 from .requant import requant_config
 from .srgen import check_rounds_per_stage, pipeline_stages
@@ -96,6 +97,13 @@ class ArrayConfig:
         ``weight_memory_bits`` then no longer limits the weights: the board's SPRAM count
         does, see :func:`systolic.boards.targets.check_fit`).  The program's ``config``
         holds the choice.
+    interconnect : str
+        ``"systolic"`` (operands hop from PE to PE through skew and deskew buffers: short
+        wires, for large arrays and high clocks) or ``"broadcast"`` (output-stationary
+        only: each operand reaches its whole row or column at once; no skew, deskew or
+        operand registers, the area of a small iCE40 array; see
+        :class:`~systolic.rtl.array.BroadcastGrid`).  Same results, the array's latency
+        differs (:func:`~systolic.rtl.array.array_latency`).
 
     Raises
     ------
@@ -112,6 +120,7 @@ class ArrayConfig:
     activation_memory_bits: int | None = None
     fuse_pool: bool = True
     weight_memory: str = "bram"
+    interconnect: str = "systolic"
 
     def __post_init__(self):
         check_int("Array rows", self.rows, 1, MAX_SIZE)
@@ -127,6 +136,10 @@ class ArrayConfig:
         if self.weight_memory not in WEIGHT_MEMORIES:
             raise ValueError(f"Weight memory must be one of {', '.join(WEIGHT_MEMORIES)}, "
                              f"not {self.weight_memory!r}")
+        if self.interconnect not in INTERCONNECTS:
+            raise ValueError(f"Interconnect must be one of {', '.join(INTERCONNECTS)}, "
+                             f"not {self.interconnect!r}")
+        check_interconnect(self.interconnect, self.dataflow)
         if not isinstance(self.fuse_pool, bool):
             raise TypeError(f"Fuse pool must be a bool, not {self.fuse_pool!r}")
         check_rounds_per_stage(self.rounds_per_stage)
@@ -138,6 +151,17 @@ class ArrayConfig:
     def batch(self):
         """Images per run: one per column."""
         return self.cols
+
+    def describe(self):
+        """``"8x2 array (os, broadcast, sb_mac16 multipliers, weights in spram)"``: the
+        shape and every choice that is not the default, for the tools' messages."""
+        parts = [self.dataflow]
+        if self.interconnect != "systolic":
+            parts.append(self.interconnect)
+        parts.append(f"{self.multiplier} multipliers")
+        if self.weight_memory != "bram":
+            parts.append(f"weights in {self.weight_memory}")
+        return f"{self.rows}x{self.cols} array ({', '.join(parts)})"
 
     @classmethod
     def parse_shape(cls, text, **kwargs):
@@ -282,8 +306,10 @@ class Program:
     weight_image : ndarray, shape (weight_words, lanes)
         The weight memory, word ``w`` holding ``lanes`` weights (``R`` output-stationary,
         ``C`` weight-stationary).
-    bias_image : ndarray, shape (bias_words, lanes)
-        The bias memory (biases aligned to their layer's accumulator scale).
+    bias_image : ndarray, shape (bias_words, bias_lanes)
+        The bias memory (biases aligned to their layer's accumulator scale): one bias per
+        word output-stationary (a tile's rows leave the array one per cycle, each reads
+        its own), ``C`` per word weight-stationary (a transposer row needs ``C`` at once).
     """
     network: QNetwork
     config: ArrayConfig
@@ -302,6 +328,11 @@ class Program:
         """Values per weight and bias word: ``R`` (output-stationary: the output channels
         of a tile) or ``C`` (weight-stationary: a row of a weight block)."""
         return self.config.cols if self.config.dataflow == "ws" else self.config.rows
+
+    @property
+    def bias_lanes(self):
+        """Biases per bias word: 1 output-stationary, ``C`` weight-stationary."""
+        return self.config.cols if self.config.dataflow == "ws" else 1
 
     @property
     def act_words(self):
@@ -327,7 +358,7 @@ class Program:
 
     @property
     def bias_bits(self):
-        return self.bias_words * self.lanes * self.acc_width
+        return self.bias_words * self.bias_lanes * self.acc_width
 
     @property
     def input_words(self):
@@ -377,7 +408,8 @@ class Program:
         if step.kind == "matmul":
             k = step.reduction
             issue = (step.tiles - 1) * max(k, R) + k          # beats accepted
-            array = R + C + 3 + R - 1                          # last beat -> last row out
+            # last beat -> last row out
+            array = array_latency(R, C, self.config.interconnect) + R - 1
             return setup + 1 + issue + array + self.output_latency
         beats = step.tiles * step.reduction
         return setup + 1 + beats + 1 + self.output_latency
@@ -595,7 +627,8 @@ def compile_network(network, config=None):
             bpad = np.zeros(tiles * lanes, dtype=np.int64)
             if layer.bias is not None:
                 bpad[:cout] = align_bias(layer.bias, layer.bias_format, f_acc)
-            biases.append(bpad.reshape(tiles, lanes))
+            blanes = C if ws else 1
+            biases.append(bpad.reshape(-1, blanes))
             lo, hi = clamp_bounds(layer.activation, layer.clip_max, fout)
             shift = f_acc - fout.frac
             if layer.kind == "dense":
@@ -610,7 +643,7 @@ def compile_network(network, config=None):
                         rounding=layer.rounding, macs=layer.macs(in_shape),
                         **{**common, "in_shape": in_shape_eff}, **geometry, **dataflow)
             w_base += words
-            b_base += tiles
+            b_base += tiles * lanes // blanes
         else:
             kk = layer.kernel
             if layer.kind == "avgpool2d":
@@ -627,7 +660,8 @@ def compile_network(network, config=None):
 
     lanes = C if ws else R
     weight_image = (np.concatenate(weights) if weights else np.zeros((1, lanes), np.int64))
-    bias_image = (np.concatenate(biases) if biases else np.zeros((1, lanes), np.int64))
+    bias_image = (np.concatenate(biases) if biases else
+                  np.zeros((1, C if ws else 1), np.int64))
     program = Program(network=network, config=config, steps=tuple(steps),
                       act_width=act_width, weight_width=weight_width, acc_width=acc_width,
                       region_words=region, weight_image=weight_image, bias_image=bias_image)

@@ -27,7 +27,7 @@ from ._params import check_int
 from .mac import (MULTIPLIERS, Multiplier, _choice, _operand_width,
                   check_multiplier)
 
-__all__ = ["PE_MULTIPLIERS", "OutputStationaryPE", "WeightStationaryPE",
+__all__ = ["PE_MULTIPLIERS", "OutputStationaryPE", "BroadcastPE", "WeightStationaryPE",
            "os_operand_layout", "ws_operand_layout", "tagged_layout"]
 
 #: ``multiplier`` values a PE takes: a kind of :mod:`.mac`, or ``"external"`` (the PE
@@ -212,6 +212,78 @@ class OutputStationaryPE(_PE):
             with m.Elif(slot.valid):
                 m.d.sync += slot.value.eq(self.drain_in.value)
             m.d.sync += slot.valid.eq(self.drain_start | self.drain_in.valid)
+        return m
+
+
+class BroadcastPE(_PE):
+    """Output-stationary PE of a broadcast array: the operands reach every PE of their row
+    (``a``) or column (``b``) in the same cycle, so the PE forwards nothing and the pipeline
+    control (which beats count, where a reduction starts and ends) is the array's, shared.
+
+    Parameters
+    ----------
+    in_width, weight_width, acc_width, multiplier
+        As :class:`OutputStationaryPE`.
+
+    Members
+    -------
+    en : In(1)
+        Global advance.
+    a : In(signed(in_width)); b : In(signed(weight_width))
+        The operands, sampled (stage 1: the multiplier's input register) at each enabled
+        edge.
+    accumulate : In(1)
+        The product at this edge belongs to a valid beat (stage 2's valid).
+    fresh : In(1)
+        That product starts a new sum.
+    load : In(1)
+        That product ends the reduction: the slot takes the finished sum.
+    drain_in : In(signed(acc_width))
+        The slot of the PE below it in the drain chain (any value for the last row).
+    drain_out : Out(signed(acc_width))
+        This PE's slot: the finished sum, or the value shifted from ``drain_in`` at every
+        other enabled edge (the array tracks which slots hold results).
+    mul_a, mul_b, mul_p : Out, Out, In
+        Only with ``multiplier="external"``.
+
+    Raises
+    ------
+    As :class:`OutputStationaryPE`.
+
+    Timing: the product of operands sampled at edge ``t`` is accumulated at edge ``t + 2``
+    (``latency = 3``), and with ``load`` the sum is in the slot after that edge.
+    Throughput: one MAC per enabled cycle.  Per PE this is the accumulator and the slot
+    only: no operand, tag or skew registers (the area of a small iCE40 array).
+    """
+
+    def __init__(self, *, in_width, weight_width, acc_width, multiplier="inferred"):
+        _operand_width("Input width", in_width)
+        _operand_width("Weight width", weight_width)
+        check_int("Accumulator width", acc_width)
+        super().__init__(in_width=in_width, weight_width=weight_width, acc_width=acc_width,
+                         multiplier=multiplier, members={
+                             "en": In(1),
+                             "a": In(signed(in_width)),
+                             "b": In(signed(weight_width)),
+                             "accumulate": In(1),
+                             "fresh": In(1),
+                             "load": In(1),
+                             "drain_in": In(signed(acc_width)),
+                             "drain_out": Out(signed(acc_width)),
+                         })
+
+    def elaborate(self, platform):
+        m = Module()
+        acc = Signal(signed(self._acc_width), reset_less=True)
+        slot = Signal(signed(self._acc_width), reset_less=True)
+        product = self._product(m, self.a, self.b)
+        total = Signal(signed(self._acc_width))
+        m.d.comb += [total.eq(Mux(self.fresh, product, acc + product)),
+                     self.drain_out.eq(slot)]
+        with m.If(self.en):
+            with m.If(self.accumulate):
+                m.d.sync += acc.eq(total)
+            m.d.sync += slot.eq(Mux(self.load, total, self.drain_in))
         return m
 
 

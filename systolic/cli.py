@@ -254,9 +254,8 @@ def cmd_sim(args):
     batches = -(-len(x) // C)
     name = net.name or args.network
     where = f"board {args.board}'s " if args.board is not None else ""
-    memory = ", weights in SPRAM" if config.weight_memory == "spram" else ""
-    print(f"systolic sim {name}: {where}{R}x{C} array ({config.dataflow}, {config.multiplier} "
-          f"multipliers{memory}), {args.simulator}; {len(x)} held-out MNIST images in {batches} "
+    print(f"systolic sim {name}: {where}{config.describe()}, "
+          f"{args.simulator}; {len(x)} held-out MNIST images in {batches} "
           f"batch{'es' if batches > 1 else ''} of {C}; generating and building "
           f"(builds are cached)...", flush=True)
     start = time.perf_counter()
@@ -438,9 +437,9 @@ def _parser():
     s.add_argument("--multiplier", default=None,
                    help="inferred (default), lut or sb_mac16")
     s.add_argument("--board", default=None,
-                   help="simulate this board's array preset (e.g. icebreaker: 4x2, packed "
-                        "SB_MAC16 multipliers, weights in SPRAM loaded through the weight "
-                        "stream) instead of --array/--multiplier")
+                   help="simulate this board's array preset (e.g. icebreaker: 4x2, "
+                        "broadcast, packed SB_MAC16 multipliers, weights in SPRAM loaded "
+                        "through the weight stream) instead of --array/--multiplier")
     s.add_argument("--preset", default="default",
                    help="with --board: the board's preset (default: default)")
     s.add_argument("--simulator", default="verilator", choices=("verilator", "icarus"))

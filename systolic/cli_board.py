@@ -55,8 +55,7 @@ def cmd_emit(args):
     Path(args.output).write_text(text)
     cfg = program.config
     print(f"{args.output}: {args.what} of {net.name or args.network} on a "
-          f"{cfg.rows}x{cfg.cols} array ({cfg.multiplier} multipliers, weights in "
-          f"{cfg.weight_memory}), {args.format}, {len(text.splitlines()):,} lines")
+          f"{cfg.describe()}, {args.format}, {len(text.splitlines()):,} lines")
     return 0
 
 

@@ -89,8 +89,7 @@ def cmd_demo(args):
     total = 4 if args.no_build else 5
     start = time.perf_counter()
     print(f"systolic demo: {name} on the {target.name} ({target.device.name}), "
-          f"{cfg.rows}x{cfg.cols} array ({cfg.dataflow}, {cfg.multiplier} multipliers, "
-          f"weights in {cfg.weight_memory}); {len(x)} held-out MNIST images; output in "
+          f"{cfg.describe()}; {len(x)} held-out MNIST images; output in "
           f"{out}/", flush=True)
 
     _stage(1, total, "golden model")

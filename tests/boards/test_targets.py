@@ -43,8 +43,8 @@ def test_ecp5_block_ram_count(depth, width, blocks):
 @pytest.mark.parametrize("board_name,config,match", [
     ("icebreaker", ArrayConfig(rows=8, cols=8), r"lenet5 on a 8x8 array with inferred "
      r"multipliers needs 64 DSP blocks; iCE40UP5K has 8"),
-    ("icebreaker", ArrayConfig(rows=4, cols=2), r"lenet5 needs 138 block RAMs \(weights 122, "
-     r"biases 6, activations \(2 banks\) 10; 493,504 weight bits, 37,632 activation "
+    ("icebreaker", ArrayConfig(rows=4, cols=2), r"lenet5 needs 134 block RAMs \(weights 122, "
+     r"biases 2, activations \(2 banks\) 10; 493,504 weight bits, 37,632 activation "
      r"bits\); iCE40UP5K has 30"),
     ("ulx3s-25f", ArrayConfig(rows=4, cols=2, multiplier="sb_mac16"),
      r"Multiplier sb_mac16 is an iCE40 UltraPlus primitive; LFE5U-25F is ecp5"),

@@ -104,12 +104,14 @@ CASES = [(seed, rows, cols) for seed, (rows, cols) in enumerate(
     [(1, 1), (2, 3), (3, 2), (4, 4), (2, 2), (3, 1), (1, 4), (4, 2)])]
 
 
+@pytest.mark.parametrize("interconnect", ["systolic", "broadcast"])
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("seed,rows,cols", CASES, ids=[f"seed={s}-{r}x{c}" for s, r, c in CASES])
-def test_random_network_bit_exact(seed, rows, cols, fuse):
+def test_random_network_bit_exact(seed, rows, cols, fuse, interconnect):
     rng = np.random.default_rng(seed)
     net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
-    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=fuse))
+    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=fuse,
+                                               interconnect=interconnect))
     check(program, random_input(rng, net, cols))
 
 
@@ -121,7 +123,7 @@ def test_rounding_register_overrides_every_layer(mode):
     check(program, random_input(rng, net, 2), rounding=mode)
 
 
-@pytest.mark.parametrize("dataflow", ["os", "ws"])
+@pytest.mark.parametrize("dataflow", ["os", "ws", "os-broadcast"])
 def test_fused_pool_with_dropped_rows_and_columns(dataflow):
     """A 5x7 conv output pooled 2x2: the last row and column are computed (their
     saturations count) but belong to no window."""
@@ -135,17 +137,20 @@ def test_fused_pool_with_dropped_rows_and_columns(dataflow):
         MaxPool2d(kernel=2),
         Dense(weight=rng.integers(-32, 32, (4, 3 * 2 * 3)), weight_format=f, out_format=f,
               rounding="stochastic")], seed=99)
-    program = compile_network(net, ArrayConfig(rows=2, cols=3, dataflow=dataflow))
+    dataflow, _, interconnect = dataflow.partition("-")
+    program = compile_network(net, ArrayConfig(rows=2, cols=3, dataflow=dataflow,
+                                               interconnect=interconnect or "systolic"))
     assert program.steps[0].fused_pool == 2 and len(program.steps) == 2
     counters, want = check(program, random_input(rng, net, 3))
     assert want.saturations[0] > 0, "the conv should saturate somewhere"
 
 
+@pytest.mark.parametrize("interconnect", ["systolic", "broadcast"])
 @pytest.mark.parametrize("seed", [3, 4], ids=lambda s: f"seed={s}")
-def test_input_gaps_and_output_backpressure(seed):
+def test_input_gaps_and_output_backpressure(seed, interconnect):
     rng = np.random.default_rng(seed)
     net = random_network(rng, max_layers=2, max_size=6, max_channels=3)
-    program = compile_network(net, ArrayConfig(rows=3, cols=2))
+    program = compile_network(net, ArrayConfig(rows=3, cols=2, interconnect=interconnect))
     counters, _ = check(program, random_input(rng, net, 2), gaps=np.random.default_rng(seed),
                         stalls=np.random.default_rng(seed + 1))
     assert counters.get("gaps", 0) > 0 and counters.get("stalls", 0) > 0, counters
@@ -192,13 +197,15 @@ def test_weights_of_another_topology_are_rejected():
         weight_beats(program, random_network(np.random.default_rng(24), max_layers=3))
 
 
+@pytest.mark.parametrize("interconnect", ["systolic", "broadcast"])
 @pytest.mark.parametrize("seed", [31, 32], ids=lambda s: f"seed={s}")
-def test_weights_in_spram(seed):
+def test_weights_in_spram(seed, interconnect):
     """With ``weight_memory="spram"`` the weights are not in the bitstream: they arrive
     through the weight stream first (the SPRAM model starts empty, like the primitive)."""
     rng = np.random.default_rng(seed)
     net = random_network(rng, max_layers=2, max_size=6, max_channels=4)
-    program = compile_network(net, ArrayConfig(rows=3, cols=2, weight_memory="spram"))
+    program = compile_network(net, ArrayConfig(rows=3, cols=2, weight_memory="spram",
+                                               interconnect=interconnect))
     check(program, random_input(rng, net, 2), weights=weight_beats(program, net))
 
 

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from systolic.golden.accumulator import accumulator_width
 from systolic.golden.errors import ConstraintError
 from systolic.golden.ops import dense_acc
-from systolic.rtl.array import DATAFLOWS, DEFAULT_MAX_REDUCTION, SystolicArray
+from systolic.rtl.array import (DATAFLOWS, DEFAULT_MAX_REDUCTION, INTERCONNECTS,
+                                SystolicArray)
 from systolic.rtl.mac import MULTIPLIERS
 from systolic.sim.streams import PATTERNS, StreamLog, stream_get, stream_monitor, stream_put
 
@@ -94,10 +95,12 @@ def check_coverage(logs, idle, stall, inputs):
 # -- output-stationary ---------------------------------------------------------------------
 
 def run_os(rows, cols, ks, *, in_width=8, weight_width=8, multiplier="inferred",
-           idle="none", stall="none", seed=0, extreme=None, max_reduction=None):
+           idle="none", stall="none", seed=0, extreme=None, max_reduction=None,
+           interconnect="systolic"):
     rng = np.random.default_rng(seed)
     dut = SystolicArray(rows=rows, cols=cols, in_width=in_width, weight_width=weight_width,
-                        dataflow="os", multiplier=multiplier, max_reduction=max_reduction)
+                        dataflow="os", multiplier=multiplier, max_reduction=max_reduction,
+                        interconnect=interconnect)
     tiles = []
     for t, k in enumerate(ks):
         ex_a, ex_b = {"min": ("min", "min"), "mixed": ("min", "max"), None: (None, None),
@@ -122,10 +125,12 @@ def ks_for(rows):
     return sorted({1, max(1, rows - 1), rows, rows + 1}) + [9, 1, 2]
 
 
+@pytest.mark.parametrize("interconnect", INTERCONNECTS)
 @pytest.mark.parametrize("multiplier", MULTIPLIERS)
 @pytest.mark.parametrize("rows, cols", SHAPES, ids=[f"{r}x{c}" for r, c in SHAPES])
-def test_os_matches_golden(rows, cols, multiplier):
-    run_os(rows, cols, ks_for(rows), multiplier=multiplier, seed=100 + 10 * rows + cols)
+def test_os_matches_golden(rows, cols, multiplier, interconnect):
+    run_os(rows, cols, ks_for(rows), multiplier=multiplier, seed=100 + 10 * rows + cols,
+           interconnect=interconnect)
 
 
 def pattern_cases():
@@ -138,28 +143,32 @@ def pattern_cases():
     return cases
 
 
+@pytest.mark.parametrize("interconnect", INTERCONNECTS)
 @pytest.mark.parametrize("rows, cols, idle, stall", pattern_cases())
-def test_os_back_pressure(rows, cols, idle, stall):
+def test_os_back_pressure(rows, cols, idle, stall, interconnect):
     seed = 200 + PATTERNS.index(idle) * 5 + PATTERNS.index(stall)
-    run_os(rows, cols, ks_for(rows) * 3, idle=idle, stall=stall, seed=seed,
-           multiplier=MULTIPLIERS[seed % 3])
+    run_os(rows, cols, ks_for(rows) * 3, idle=idle, stall=stall,
+           seed=seed + 50 * INTERCONNECTS.index(interconnect),
+           multiplier=MULTIPLIERS[seed % 3], interconnect=interconnect)
 
 
 WIDTH_CASES = [(2, 2, "inferred"), (2, 2, "sb_mac16"), (16, 16, "inferred"),
                (16, 16, "lut"), (16, 2, "lut"), (8, 8, "sb_mac16"), (2, 16, "inferred")]
 
 
+@pytest.mark.parametrize("interconnect", INTERCONNECTS)
 @pytest.mark.parametrize("extreme", ["min", "mixed", "random"])
 @pytest.mark.parametrize("in_width, weight_width, multiplier", WIDTH_CASES,
                          ids=[f"{a}x{b}-{m}" for a, b, m in WIDTH_CASES])
-def test_os_extreme_widths(in_width, weight_width, multiplier, extreme):
+def test_os_extreme_widths(in_width, weight_width, multiplier, extreme, interconnect):
     """Operands at their extremes, K at the array's maximum reduction, the accumulator at
     its minimum width: the sums reach the bound of the accumulator exactly."""
     k = 6
     seed = 300 + in_width + weight_width
     dut, tiles, out, _ = run_os(3, 2, [k] * 4, in_width=in_width, weight_width=weight_width,
                                 multiplier=multiplier, extreme=extreme, seed=seed,
-                                idle="p0.5", stall="p0.5", max_reduction=k)
+                                idle="p0.5", stall="p0.5", max_reduction=k,
+                                interconnect=interconnect)
     bound = k << (in_width + weight_width - 2)
     assert dut.acc_width == accumulator_width(in_width, weight_width, k)
     if extreme == "min":
@@ -184,12 +193,16 @@ def test_os_cycles_and_utilization():
     print(f"R=C=4, K=64, 8 tiles: {cycles} cycles, utilization {utilization:.1%}")
 
 
+@pytest.mark.parametrize("interconnect", INTERCONNECTS)
 @pytest.mark.parametrize("rows, cols, k, tiles", [(4, 4, 2, 6), (3, 5, 16, 4), (1, 1, 1, 5),
-                                                  (4, 4, 4, 4)])
-def test_os_cycles_formula(rows, cols, k, tiles):
+                                                  (4, 4, 4, 4), (8, 2, 3, 5)])
+def test_os_cycles_formula(rows, cols, k, tiles, interconnect):
     """Tile period max(K, R) (short tiles are held back until the drain has passed);
-    the first row leaves `latency` cycles after a tile's last beat."""
-    dut, _, _, transfers = run_os(rows, cols, [k] * tiles, seed=410 + k)
+    the first row leaves `latency` cycles after a tile's last beat (R + C + 3 systolic,
+    3 broadcast)."""
+    dut, _, _, transfers = run_os(rows, cols, [k] * tiles, seed=410 + k,
+                                  interconnect=interconnect)
+    assert dut.latency == (3 if interconnect == "broadcast" else rows + cols + 3)
     first = transfers["i"].cycles[0]
     assert transfers["o"].cycles[-1] - first + 1 == dut.os_cycles(tiles, k)
     last_beats = transfers["i"].cycles[k - 1::k]
@@ -292,6 +305,10 @@ def test_sb_mac16_array_packs_two_pes_per_dsp():
     text = rtlil.convert(SystolicArray(rows=3, cols=3, multiplier="sb_mac16", dataflow="ws"),
                          platform=ICEBreakerPlatform())
     assert len(re.findall(r"cell \\SB_MAC16 ", text)) == 5       # 9 PEs
+    text = rtlil.convert(SystolicArray(rows=8, cols=2, multiplier="sb_mac16",
+                                       interconnect="broadcast"),
+                         platform=ICEBreakerPlatform())
+    assert len(re.findall(r"cell \\SB_MAC16 ", text)) == 8       # 16 PEs
 
 
 # -- parameters ----------------------------------------------------------------------------
@@ -314,6 +331,11 @@ def test_sb_mac16_array_packs_two_pes_per_dsp():
     ({"multiplier": "sb_mac16", "in_width": 12}, ValueError,
      "The sb_mac16 multiplier packs two 8x8 products per DSP; Input width must be at most "
      "8, not 12"),
+    ({"interconnect": 2}, TypeError, "Interconnect must be a string, not 2"),
+    ({"interconnect": "mesh"}, ValueError,
+     "Interconnect must be one of 'systolic', 'broadcast', not 'mesh'"),
+    ({"interconnect": "broadcast", "dataflow": "ws"}, ValueError,
+     "A broadcast interconnect needs the output-stationary dataflow, not 'ws'"),
     ({"max_reduction": 0}, TypeError, "Maximum reduction must be a positive integer, not 0"),
     ({"dataflow": "ws", "max_reduction": 3}, ValueError,
      "Maximum reduction of a weight-stationary array must be at least its 4 rows, not 3"),

@@ -39,6 +39,10 @@ def small_net(*extra, stochastic=False):
     (dict(fuse_pool="yes"), TypeError, r"Fuse pool must be a bool, not 'yes'"),
     (dict(weight_memory="flash"), ValueError, r"Weight memory must be one of bram, spram, "
                                               r"auto, not 'flash'"),
+    (dict(interconnect="mesh"), ValueError, r"Interconnect must be one of systolic, "
+                                            r"broadcast, not 'mesh'"),
+    (dict(interconnect="broadcast", dataflow="ws"), ValueError,
+     r"A broadcast interconnect needs the output-stationary dataflow, not 'ws'"),
     (dict(rounds_per_stage=0), TypeError, r"Rounds per stage must be a positive integer"),
     (dict(weight_memory_bits=-1), TypeError, r"Weight memory bits must be a positive"),
 ])
@@ -258,3 +262,37 @@ def test_ws_weight_memory_too_small_names_bits():
                                               rf"layer 4's weight tensor.*1000 available"):
         compile_network(net, ArrayConfig(rows=8, cols=4, dataflow="ws",
                                          weight_memory_bits=1000))
+
+
+def test_broadcast_interconnect_changes_only_the_array_latency():
+    """The same network on a broadcast array: the same weights, biases and schedule, and
+    each matmul step R + C fewer cycles (no skew and deskew); the description names it."""
+    net = models.load("lenet5")
+    systolic = compile_network(net, ArrayConfig(rows=8, cols=2))
+    broadcast = compile_network(net, ArrayConfig(rows=8, cols=2, interconnect="broadcast"))
+    np.testing.assert_array_equal(systolic.weight_image, broadcast.weight_image)
+    np.testing.assert_array_equal(systolic.bias_image, broadcast.bias_image)
+    for a, b in zip(systolic.steps, broadcast.steps):
+        assert a.cycles - b.cycles == (10 if a.kind == "matmul" else 0), a
+    assert broadcast.config.describe() == "8x2 array (os, broadcast, inferred multipliers)"
+    assert ArrayConfig(weight_memory="spram").describe() == \
+        "8x8 array (os, inferred multipliers, weights in spram)"
+
+
+def test_output_stationary_biases_one_per_word():
+    """Output-stationary bias words hold one bias each (a tile's rows read their own),
+    weight-stationary ones C (a transposer row): lenet5's 236 biases in R-padded tiles."""
+    net = models.load("lenet5")
+    os_ = compile_network(net, ArrayConfig(rows=8, cols=2))
+    assert os_.bias_image.shape == (8 * (1 + 2 + 15 + 11 + 2), 1) and os_.bias_lanes == 1
+    ws = compile_network(net, ArrayConfig(rows=8, cols=2, dataflow="ws"))
+    assert ws.bias_lanes == 2 and ws.bias_image.shape[1] == 2
+    from systolic.golden.ops import align_bias
+    for s in os_.steps:
+        if s.kind == "matmul":
+            layer = net.layers[s.layer]
+            f_acc = net.tensor_formats[s.layer].frac + layer.weight_format.frac
+            want = align_bias(layer.bias, layer.bias_format, f_acc)
+            got = os_.bias_image[s.b_base:s.b_base + s.channel_tiles * 8, 0]
+            np.testing.assert_array_equal(got[:len(want)], want)
+            assert not got[len(want):].any()            # the padding rows

@@ -62,14 +62,17 @@ def check(result, *, layers=False):
 
 
 def _program(name, shape, dataflow="os"):
-    return compile_network(models.load(name),
-                           ArrayConfig.parse_shape(shape, dataflow=dataflow))
+    """``dataflow`` is ``os``, ``ws`` or ``os-broadcast`` (the broadcast interconnect)."""
+    dataflow, _, interconnect = dataflow.partition("-")
+    return compile_network(models.load(name), ArrayConfig.parse_shape(
+        shape, dataflow=dataflow, interconnect=interconnect or "systolic"))
 
 
 ZOO = [(name, shape, layers, dataflow) for dataflow in ("os", "ws")
        for name, shape, layers in [("lenet5", "8x8", False), ("lenet5", "4x3", True),
                                    ("mnist-tiny", "8x8", False),
-                                   ("mnist-tiny", "4x3", True)]]
+                                   ("mnist-tiny", "4x3", True)]] + [
+    (name, "4x3", True, "os-broadcast") for name in ("lenet5", "mnist-tiny")]
 
 
 @pytest.mark.slow
@@ -113,7 +116,9 @@ def random_case(seed):
     net = random_network(rng)
     rows, cols = (int(v) for v in rng.integers(1, 5, 2))
     config = ArrayConfig(rows=rows, cols=cols, fuse_pool=seed % 4 != 1,
-                         dataflow="ws" if seed >= 100 else "os")
+                         dataflow="ws" if seed >= 100 else "os",
+                         interconnect="broadcast" if seed < 100 and seed % 3 == 2
+                         else "systolic")
     return net, config, random_input(rng, net, 3)
 
 
@@ -121,7 +126,8 @@ def _random_id(seed):
     _, config, _ = random_case(seed)
     if config.dataflow == "ws":
         return f"seed={seed}-{config.rows}x{config.cols}-ws"
-    return f"seed={seed}-{config.rows}x{config.cols}{'' if config.fuse_pool else '-unfused'}"
+    return (f"seed={seed}-{config.rows}x{config.cols}{'' if config.fuse_pool else '-unfused'}"
+            f"{'-broadcast' if config.interconnect == 'broadcast' else ''}")
 
 
 def test_random_set_coverage():
@@ -132,7 +138,7 @@ def test_random_set_coverage():
                           "padding", "avgpool", "fused_max", "unfused_max", "partial",
                           "one_column", "several_tiles", "ws", "ws_k_tiles",
                           "ws_channel_tiles", "ws_c_lt_r", "ws_c_gt_r", "ws_fused_max",
-                          "ws_unfused_max"], 0)
+                          "ws_unfused_max", "broadcast", "broadcast_several_tiles"], 0)
     for seed in RANDOM_SEEDS:
         net, config, x = random_case(seed)
         program = compile_network(net, config)
@@ -149,6 +155,9 @@ def test_random_set_coverage():
         seen["partial"] += len(x) % config.cols != 0
         seen["one_column"] += config.cols == 1
         seen["several_tiles"] += any(s.channel_tiles > 1 for s in program.steps)
+        if config.interconnect == "broadcast":
+            seen["broadcast"] += 1
+            seen["broadcast_several_tiles"] += any(s.channel_tiles > 1 for s in program.steps)
         if config.dataflow == "ws":
             seen["ws"] += 1
             seen["ws_k_tiles"] += any(s.k_tiles > 1 for s in program.steps)

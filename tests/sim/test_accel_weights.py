@@ -178,7 +178,8 @@ def test_cli_sim_board_preset(capsys):
     assert main(["sim", "lenet5", "--board", "icebreaker", "--preset", "8x2",
                  "--images", "2"]) == 0
     out = capsys.readouterr().out
-    assert "board icebreaker's 8x2 array (os, sb_mac16 multipliers, weights in SPRAM)" in out
+    assert ("board icebreaker's 8x2 array (os, broadcast, sb_mac16 multipliers, weights in "
+            "spram)") in out
     assert "bit-exact:         2/2 images" in out
     assert "weights:           loaded through the weight stream, 7844 beats" in out
 
