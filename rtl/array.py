@@ -349,6 +349,10 @@ class SystolicArray(wiring.Component):
         Accumulator width; default (and minimum)
         ``accumulator_width(in_width, weight_width, max_reduction)`` (DESIGN.md
         section 2: accumulators can never overflow).
+    interconnect : str
+        ``"systolic"`` (default: operands hop from PE to PE through skew and deskew
+        buffers) or ``"broadcast"`` (output-stationary only, :class:`BroadcastGrid`: each
+        operand reaches its whole row or column in the same cycle; latency 3).
 
     Members
     -------
@@ -380,9 +384,11 @@ class SystolicArray(wiring.Component):
 
     Notes
     -----
-    Timing, in cycles without stalls (``R = rows``, ``C = cols``).  Latency: ``latency = R + C + 3`` cycles from the cycle an input beat is accepted
-    (the last beat of an output-stationary tile) to the cycle its first output is valid,
-    one per register on the way to column ``j``'s output: ``R`` in the skew (lane ``i``
+    Timing, in cycles without stalls (``R = rows``, ``C = cols``), systolic (broadcast:
+    the same with ``latency = 3``, no skew, hops or deskew).  Latency:
+    ``latency = R + C + 3`` cycles from the cycle an input beat is accepted (the last
+    beat of an output-stationary tile) to the cycle its first output is valid, one per
+    register on the way to column ``j``'s output: ``R`` in the skew (lane ``i``
     has ``i + 1``; the last PE row's lane is the longest), ``j`` hops along the row, 3 PE
     stages, and ``C - j`` in the deskew.
 

@@ -181,7 +181,7 @@ def test_cli_sim_board_preset(capsys):
     assert ("board icebreaker's 8x2 array (os, broadcast, sb_mac16 multipliers, weights in "
             "spram)") in out
     assert "bit-exact:         2/2 images" in out
-    assert "weights:           loaded through the weight stream, 7844 beats" in out
+    assert "weights:           loaded through the weight stream, 8061 beats" in out
 
 
 def test_cli_sim_board_and_array_conflict():
