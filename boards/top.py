@@ -240,13 +240,19 @@ class BoardTop(wiring.Component):
             descriptor=self._descriptor, divisor=self._divisor, gap_bits=self._gap_bits,
             rx_depth=self._rx_depth)
         accel = self._make_accel(self._program)
-        m.submodules.accel = ResetInserter(link.accel_reset)(accel)
+        # RESET's pulse is decoded from the link engine's state: registered, so that
+        # decoding does not reach the clock enable of every accelerator flip-flop (the
+        # iCE40 critical path once the address generator's tests were registered).  The
+        # accelerator resets one cycle later, long before the RESET response is sent.
+        accel_reset = Signal()
+        m.d.sync += accel_reset.eq(link.accel_reset)
+        m.submodules.accel = ResetInserter(accel_reset)(accel)
         # The i stream passes a register and the w stream's handshake is registered (both
         # at a fraction of the accelerator's rate, far above the line rate): the link's
         # FSM no longer reaches the accelerator's load control or its weight memory in one
         # cycle, the iCE40 critical paths after the dispatch fix (39 and 37 ns).  The
         # input register forgets its beat on RESET like the accelerator.
-        _register_stream(m, "i", link.accel.i, accel.i, reset=link.accel_reset)
+        _register_stream(m, "i", link.accel.i, accel.i, reset=accel_reset)
         _register_handshake(m, "w", link.accel.w, accel.w)
         wiring.connect(m, link.accel.o, accel.o)
         m.d.comb += [accel.rounding.eq(link.accel.rounding), accel.seed.eq(link.accel.seed),

@@ -385,17 +385,27 @@ class Accelerator(wiring.Component):
             inside.eq((x >= 0) & (x < p.w) & (y >= 0) & (y < p.h)),
             addr.eq(p.in_base + tplane + cioff + ybw + kyw + x),
         ]
-        last_kx = kx == p.kw - 1
-        last_ky = ky == p.kh - 1
-        last_ci = ci == p.cin - 1
-        last_beat = Signal()
-        m.d.comb += last_beat.eq(last_kx & last_ky & last_ci)
         kp_eff = Signal.like(p.kp)                       # rows in this band
         m.d.comb += kp_eff.eq(Mux(ho_left < p.kp, ho_left, p.kp))
-        last_dy = dy == kp_eff - 1
-        last_ox = ox == p.wo - 1
-        last_band = ho_left <= p.kp
-        last_ct = ct == p.ct_count - 1
+        if ws:
+            # the weight-stationary datapath moves these counters itself: compare
+            last_kx = kx == p.kw - 1
+            last_ky = ky == p.kh - 1
+            last_ci = ci == p.cin - 1
+            last_dy = dy == kp_eff - 1
+            last_ox = ox == p.wo - 1
+            last_band = ho_left <= p.kp
+            last_ct = ct == p.ct_count - 1
+        else:
+            # Each loop's "last" test is a register, set when its counter moves to the
+            # value the test is true for (below, next to each counter's update), so the
+            # counters' enables are ANDs of flip-flops: comparing in the cycle, the nested
+            # tests (ho_left <= kp, dy == kp_eff - 1, ...) were the iCE40 critical path.
+            last_kx, last_ky, last_ci, last_dy, last_ox, last_band, last_ct = (
+                Signal(name=f"last_{n}") for n in ("kx", "ky", "ci", "dy", "ox", "band",
+                                                  "ct"))
+        last_beat = Signal()
+        m.d.comb += last_beat.eq(last_kx & last_ky & last_ci)
 
         # -- stage 1: memory outputs and the beat's control --------------------------------
         s1_valid = Signal()
@@ -436,30 +446,42 @@ class Accelerator(wiring.Component):
             ]
             m.d.sync += s1_rows.eq(Mux(p.pool | (rows_left >= R), R, rows_left))
 
+        def flag(stmt):
+            if not ws:
+                m.d.sync += stmt
+
         # counters advance with each issued beat
         with m.If(issue):
             m.d.sync += kcount.eq(kcount + 1)
             with m.If(~last_kx):
                 m.d.sync += kx.eq(kx + 1)
+                flag(last_kx.eq(kx + 2 == p.kw))
             with m.Else():
                 m.d.sync += kx.eq(0)
+                flag(last_kx.eq(p.kw == 1))
                 with m.If(~last_ky):
                     m.d.sync += [ky.eq(ky + 1), kyw.eq(kyw + p.w)]
+                    flag(last_ky.eq(ky + 2 == p.kh))
                 with m.Else():
                     m.d.sync += [ky.eq(0), kyw.eq(0)]
+                    flag(last_ky.eq(p.kh == 1))
                     with m.If(~last_ci):
                         m.d.sync += [ci.eq(ci + 1), cioff.eq(cioff + p.hw)]
+                        flag(last_ci.eq(ci + 2 == p.cin))
                     with m.Else():
                         # the tile (output pixel) is complete
                         m.d.sync += [ci.eq(0), cioff.eq(0), kcount.eq(0)]
+                        flag(last_ci.eq(p.cin == 1))
                         step_w = Mux(p.stride == 2, p.w << 1, p.w)
                         with m.If(~last_dy):
                             m.d.sync += [dy.eq(dy + 1), yb.eq(yb + p.stride),
                                          ybw.eq(ybw + step_w), pix.eq(pix + p.wo)]
+                            flag(last_dy.eq(dy + 2 == kp_eff))
                         with m.Elif(~last_ox):
                             m.d.sync += [dy.eq(0), ox.eq(ox + 1), xb.eq(xb + p.stride),
                                          yb.eq(band_yb), ybw.eq(band_ybw),
                                          pix.eq(band_pix + ox + 1)]
+                            flag([last_dy.eq(kp_eff == 1), last_ox.eq(ox + 2 == p.wo)])
                             with m.If(dx == p.kp - 1):
                                 m.d.sync += [dx.eq(0), px.eq(px + 1)]
                             with m.Else():
@@ -467,7 +489,11 @@ class Accelerator(wiring.Component):
                         with m.Else():
                             m.d.sync += [dy.eq(0), ox.eq(0), xb.eq(-p.left), dx.eq(0),
                                          px.eq(0)]
+                            flag(last_ox.eq(p.wo == 1))
                             with m.If(~last_band):
+                                # the next band: ho_left - kp rows left (> 0)
+                                flag([last_band.eq(ho_left <= 2 * p.kp),
+                                      last_dy.eq((ho_left - p.kp == 1) | (p.kp == 1))])
                                 m.d.sync += [
                                     band.eq(band + 1), ho_left.eq(ho_left - p.kp),
                                     band_yb.eq(band_yb + p.band_ystep),
@@ -483,7 +509,10 @@ class Accelerator(wiring.Component):
                                              band_yb.eq(-p.top), band_ybw.eq(p.ybw0),
                                              band_pix.eq(0), pidx_band.eq(0),
                                              yb.eq(-p.top), ybw.eq(p.ybw0), pix.eq(0)]
+                                flag([last_band.eq(p.ho <= p.kp),
+                                      last_dy.eq((p.ho == 1) | (p.kp == 1))])
                                 with m.If(~last_ct):
+                                    flag(last_ct.eq(ct + 2 == p.ct_count))
                                     m.d.sync += [ct.eq(ct + 1),
                                                  ct_index.eq(ct_index + p.ct_index_step),
                                                  ct_pindex.eq(ct_pindex + p.ct_pindex_step)]
@@ -791,6 +820,10 @@ class Accelerator(wiring.Component):
                          band_pix.eq(0), pidx_band.eq(0), ct_pindex.eq(0),
                          band_yb.eq(-p.top), band_ybw.eq(p.ybw0),
                          wt.eq(p.w_base)]
+            # the loops' "last" flags for the counters' start values
+            flag([last_kx.eq(p.kw == 1), last_ky.eq(p.kh == 1), last_ci.eq(p.cin == 1),
+                  last_dy.eq((p.ho == 1) | (p.kp == 1)), last_ox.eq(p.wo == 1),
+                  last_band.eq(p.ho <= p.kp), last_ct.eq(p.ct_count == 1)])
             if ws:
                 m.d.sync += ws_reset
             else:
