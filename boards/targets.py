@@ -106,9 +106,10 @@ class BoardTarget:
 
 # iCE40: the packed SB_MAC16 gives two 8x8 products per DSP: 8 DSPs -> 16 PEs (8 x 2);
 # the weights live in SPRAM (the 30 EBRs hold biases and the two images' activations).
-# The default is the 4x2 array, the largest that fits the UP5K's 5,280 logic cells with
-# the link (5,091 cells for mnist-tiny); "8x2" uses all 8 SB_MAC16 but needs ~6,520 cells
-# (README, Board builds), so it simulates but does not build yet.
+# Both presets use the broadcast interconnect (no skew/deskew or PE operand registers:
+# the area of a small array).  The default is the 4x2 array (mnist-tiny: 4,439 of the
+# 5,280 logic cells with the link, a 67 s build); "8x2" uses all 8 SB_MAC16 and builds
+# for mnist-tiny at 97% of the cells (README, Board builds), lenet5 does not fit yet.
 # No stochastic-rounding generator: its key schedule and rounds take ~500 LUTs and ~300
 # flip-flops of the UP5K's 5,280 cells, and the reference networks round to nearest even
 # (floor and nearest_even remain run-time choices).
