@@ -362,6 +362,9 @@ class LinkEngine(wiring.Component):
         last_valid = Signal()
         last_seq, last_cmd, last_status = Signal(8), Signal(8), Signal(8)
         loaded = Signal(range(IW + 1))
+        # (IW - loaded) * IB, the input bytes LOAD_INPUT may still send, kept next to
+        # ``loaded``: computed in CHECK's cycle it was the iCE40 critical path
+        room = Signal(range(IW * IB + 1), init=IW * IB)
         held = Signal(C * aw)
         running, done = Signal(), Signal()
         produced = Signal(range(OW + 1))
@@ -465,7 +468,7 @@ class LinkEngine(wiring.Component):
                     f["llen_ok"].eq(load_len_ok.bit_select(length, 1)),
                     f["arg0_zero"].eq(arg[0] == 0), f["arg0_gt_c"].eq(arg[0] > C),
                     f["order"].eq(off16 != loaded),
-                    f["no_room"].eq(length - 2 > (IW - loaded) * IB),
+                    f["no_room"].eq(length - 2 > room),
                     f["no_input"].eq(loaded != IW),
                     f["out_bad"].eq((count_o == 0) | (count_o > d.output_chunk) |
                                     (off16 + count_o > OW)),
@@ -493,7 +496,8 @@ class LinkEngine(wiring.Component):
                         respond(S["BAD_ARG"])
                     with m.Else():
                         m.d.comb += self.accel_reset.eq(1)
-                        m.d.sync += [session.eq(arg[0]), loaded.eq(0), running.eq(0),
+                        m.d.sync += [session.eq(arg[0]), loaded.eq(0), room.eq(IW * IB),
+                                     running.eq(0),
                                      done.eq(0), produced.eq(0),
                                      rounding.eq(default_rounding), seed.eq(d.seed),
                                      images.eq(C)]
@@ -607,12 +611,12 @@ class LinkEngine(wiring.Component):
             with m.State("L_PUSH"):
                 m.d.comb += self.rd_addr.eq(k)
                 with m.If(loaded == IW - 1):
-                    m.d.sync += [held.eq(in_beat), loaded.eq(loaded + 1)]
+                    m.d.sync += [held.eq(in_beat), loaded.eq(loaded + 1), room.eq(room - IB)]
                     m.next = "L_NEXT"
                 with m.Else():
                     m.d.comb += acc.i.valid.eq(1)
                     with m.If(acc.i.ready):
-                        m.d.sync += loaded.eq(loaded + 1)
+                        m.d.sync += [loaded.eq(loaded + 1), room.eq(room - IB)]
                         m.next = "L_NEXT"
             with m.State("L_NEXT"):
                 m.d.comb += self.rd_addr.eq(k)
@@ -625,7 +629,7 @@ class LinkEngine(wiring.Component):
             with m.State("R_PUSH"):
                 m.d.comb += [acc.i.valid.eq(1), release.eq(1)]
                 with m.If(acc.i.ready):
-                    m.d.sync += [running.eq(1), loaded.eq(0)]
+                    m.d.sync += [running.eq(1), loaded.eq(0), room.eq(IW * IB)]
                     respond(S["OK"])
 
             with m.State("PING"):

@@ -224,6 +224,7 @@ class Accelerator(wiring.Component):
             m.submodules[f"bank_{j}"] = bank
             banks.append((bank.read_port(), bank.write_port()))
         act_addr = Signal(_u(P.act_words - 1))
+        addr_w = len(act_addr) + 8                       # the read address sum's width
         act_en = Signal()
         for rd, _ in banks:
             m.d.comb += [rd.addr.eq(act_addr), rd.en.eq(act_en)]
@@ -279,6 +280,10 @@ class Accelerator(wiring.Component):
             "ct_pindex_step": _u(max(R * s.stored_shape[1] * s.stored_shape[2]
                                      for s in steps)),
             "ybw0": signed(bits_for(max(s.top * s.in_shape[2] for s in steps)) + 1),
+            # the incremental read address (output-stationary): the first beat's
+            # address, and what the next kx / ky / ci / output row adds
+            "a0": signed(addr_w), "d_ky": signed(addr_w), "d_ci": signed(addr_w),
+            "step_w": _u(max(s.stride * s.in_shape[2] for s in steps)),
         }
         if ws:
             # weight-stationary matmul: k-tiles, pixels per group, the block-switch wait
@@ -319,6 +324,10 @@ class Accelerator(wiring.Component):
                 "band_pixstep": kp * s.out_shape[2],
                 "ct_pindex_step": hp * wp if pool else R * hp * wp,
                 "ybw0": -s.top * s.in_shape[2],
+                "a0": s.in_base - s.top * s.in_shape[2] - s.left,
+                "d_ky": s.in_shape[2] - (s.kw - 1),
+                "d_ci": s.in_shape[1] * s.in_shape[2] - (s.kh - 1) * s.in_shape[2] - (s.kw - 1),
+                "step_w": s.stride * s.in_shape[2],
                 "rq": {**s.requant, "mode": 0},
             }
             if ws:
@@ -379,12 +388,25 @@ class Accelerator(wiring.Component):
         x = Signal(signed(len(xb) + 1))
         y = Signal(signed(len(yb) + 1))
         inside = Signal()
-        addr = Signal(signed(aw_bits + 6))
+        addr = Signal(signed(addr_w))
         m.d.comb += [
             x.eq(xb + kx), y.eq(yb + ky),
             inside.eq((x >= 0) & (x < p.w) & (y >= 0) & (y < p.h)),
-            addr.eq(p.in_base + tplane + cioff + ybw + kyw + x),
         ]
+        # Output-stationary: the read address is a register that each loop moves by a
+        # per-step constant, ``in_base + tplane + cioff + ybw + kyw + xb + kx`` kept up to
+        # date instead of summed in the cycle (the seven-term sum was the iCE40 critical
+        # path).  ``pix_a``, ``col_a``, ``band_a``, ``tile_a``: the address of the first
+        # beat of the current output pixel, column (band row 0), band and channel tile.
+        # All are modulo 2**addr_w like the sum, so their low bits are the same.
+        # The weight-stationary datapath moves the counters itself: there, the sum.
+        raddr, pix_a, col_a, band_a, tile_a = (
+            Signal(signed(addr_w), name=f"{n}_addr")
+            for n in ("read", "pix", "col", "band", "tile"))
+        if ws:
+            m.d.comb += addr.eq(p.in_base + tplane + cioff + ybw + kyw + x)
+        else:
+            m.d.comb += addr.eq(raddr)
         kp_eff = Signal.like(p.kp)                       # rows in this band
         m.d.comb += kp_eff.eq(Mux(ho_left < p.kp, ho_left, p.kp))
         if ws:
@@ -456,18 +478,19 @@ class Accelerator(wiring.Component):
             with m.If(~last_kx):
                 m.d.sync += kx.eq(kx + 1)
                 flag(last_kx.eq(kx + 2 == p.kw))
+                flag(raddr.eq(raddr + 1))
             with m.Else():
                 m.d.sync += kx.eq(0)
                 flag(last_kx.eq(p.kw == 1))
                 with m.If(~last_ky):
                     m.d.sync += [ky.eq(ky + 1), kyw.eq(kyw + p.w)]
-                    flag(last_ky.eq(ky + 2 == p.kh))
+                    flag([last_ky.eq(ky + 2 == p.kh), raddr.eq(raddr + p.d_ky)])
                 with m.Else():
                     m.d.sync += [ky.eq(0), kyw.eq(0)]
                     flag(last_ky.eq(p.kh == 1))
                     with m.If(~last_ci):
                         m.d.sync += [ci.eq(ci + 1), cioff.eq(cioff + p.hw)]
-                        flag(last_ci.eq(ci + 2 == p.cin))
+                        flag([last_ci.eq(ci + 2 == p.cin), raddr.eq(raddr + p.d_ci)])
                     with m.Else():
                         # the tile (output pixel) is complete
                         m.d.sync += [ci.eq(0), cioff.eq(0), kcount.eq(0)]
@@ -476,12 +499,15 @@ class Accelerator(wiring.Component):
                         with m.If(~last_dy):
                             m.d.sync += [dy.eq(dy + 1), yb.eq(yb + p.stride),
                                          ybw.eq(ybw + step_w), pix.eq(pix + p.wo)]
-                            flag(last_dy.eq(dy + 2 == kp_eff))
+                            flag([last_dy.eq(dy + 2 == kp_eff),
+                                  raddr.eq(pix_a + p.step_w), pix_a.eq(pix_a + p.step_w)])
                         with m.Elif(~last_ox):
                             m.d.sync += [dy.eq(0), ox.eq(ox + 1), xb.eq(xb + p.stride),
                                          yb.eq(band_yb), ybw.eq(band_ybw),
                                          pix.eq(band_pix + ox + 1)]
-                            flag([last_dy.eq(kp_eff == 1), last_ox.eq(ox + 2 == p.wo)])
+                            flag([last_dy.eq(kp_eff == 1), last_ox.eq(ox + 2 == p.wo),
+                                  raddr.eq(col_a + p.stride), pix_a.eq(col_a + p.stride),
+                                  col_a.eq(col_a + p.stride)])
                             with m.If(dx == p.kp - 1):
                                 m.d.sync += [dx.eq(0), px.eq(px + 1)]
                             with m.Else():
@@ -494,6 +520,9 @@ class Accelerator(wiring.Component):
                                 # the next band: ho_left - kp rows left (> 0)
                                 flag([last_band.eq(ho_left <= 2 * p.kp),
                                       last_dy.eq((ho_left - p.kp == 1) | (p.kp == 1))])
+                                nxt = band_a + p.band_ywstep
+                                flag([raddr.eq(nxt), pix_a.eq(nxt), col_a.eq(nxt),
+                                      band_a.eq(nxt)])
                                 m.d.sync += [
                                     band.eq(band + 1), ho_left.eq(ho_left - p.kp),
                                     band_yb.eq(band_yb + p.band_ystep),
@@ -513,6 +542,10 @@ class Accelerator(wiring.Component):
                                       last_dy.eq((p.ho == 1) | (p.kp == 1))])
                                 with m.If(~last_ct):
                                     flag(last_ct.eq(ct + 2 == p.ct_count))
+                                    # a pooling pass's next channel plane (tplane + hw)
+                                    nxt = tile_a + Mux(p.pool, p.hw, 0)
+                                    flag([raddr.eq(nxt), pix_a.eq(nxt), col_a.eq(nxt),
+                                          band_a.eq(nxt), tile_a.eq(nxt)])
                                     m.d.sync += [ct.eq(ct + 1),
                                                  ct_index.eq(ct_index + p.ct_index_step),
                                                  ct_pindex.eq(ct_pindex + p.ct_pindex_step)]
@@ -821,6 +854,8 @@ class Accelerator(wiring.Component):
                          band_yb.eq(-p.top), band_ybw.eq(p.ybw0),
                          wt.eq(p.w_base)]
             # the loops' "last" flags for the counters' start values
+            flag([raddr.eq(p.a0), pix_a.eq(p.a0), col_a.eq(p.a0), band_a.eq(p.a0),
+                  tile_a.eq(p.a0)])
             flag([last_kx.eq(p.kw == 1), last_ky.eq(p.kh == 1), last_ci.eq(p.cin == 1),
                   last_dy.eq((p.ho == 1) | (p.kp == 1)), last_ox.eq(p.wo == 1),
                   last_band.eq(p.ho <= p.kp), last_ct.eq(p.ct_count == 1)])
