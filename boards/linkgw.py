@@ -480,8 +480,12 @@ class LinkEngine(wiring.Component):
                 m.next = "DISPATCH"
 
             with m.State("DISPATCH"):
+                # The status is OK unless a branch below responds otherwise, so the
+                # commands that run for many cycles finish by going to RESP0 without
+                # writing it: its enable is then DISPATCH's choice alone, not an OR over
+                # every state's end test (the iCE40 critical path, nine LUT levels).
                 m.d.sync += [last_valid.eq(1), last_seq.eq(ev.seq), last_cmd.eq(cmd),
-                             k.eq(0), j.eq(0), bad.eq(0)]
+                             k.eq(0), j.eq(0), bad.eq(0), status.eq(S["OK"])]
                 with m.If(f["dup"]):
                     respond(last_status)
                 with m.Elif(is_cmd["PING"]):
@@ -597,7 +601,7 @@ class LinkEngine(wiring.Component):
                 m.d.comb += [self.rd_addr.eq(k), acc.w.valid.eq(1)]
                 with m.If(acc.w.ready):
                     with m.If(k == length):
-                        respond(S["OK"])
+                        m.next = "RESP0"      # the status is OK, set in DISPATCH
                     with m.Else():
                         m.next = "W_READ"
 
@@ -621,7 +625,7 @@ class LinkEngine(wiring.Component):
             with m.State("L_NEXT"):
                 m.d.comb += self.rd_addr.eq(k)
                 with m.If(k == length):
-                    respond(S["OK"])
+                    m.next = "RESP0"      # the status is OK, set in DISPATCH
                 with m.Else():
                     m.next = "L_READ"
 
@@ -630,19 +634,19 @@ class LinkEngine(wiring.Component):
                 m.d.comb += [acc.i.valid.eq(1), release.eq(1)]
                 with m.If(acc.i.ready):
                     m.d.sync += [running.eq(1), loaded.eq(0), room.eq(IW * IB)]
-                    respond(S["OK"])
+                    m.next = "RESP0"      # the status is OK, set in DISPATCH
 
             with m.State("PING"):
                 write(wp, rom[k])
                 m.d.sync += [wp.eq(wp + 1), k.eq(k + 1)]
                 with m.If(k == len(desc_bytes) - 1):
-                    respond(S["OK"])
+                    m.next = "RESP0"      # the status is OK, set in DISPATCH
 
             with m.State("STATUS"):
                 write(wp, status_word.word_select(k[:3], 8))
                 m.d.sync += [wp.eq(wp + 1), k.eq(k + 1)]
                 with m.If(k == 4):
-                    respond(S["OK"])
+                    m.next = "RESP0"      # the status is OK, set in DISPATCH
 
             # READ_OUTPUT: beats e..last_e, IB bytes each
             with m.State("O_ADDR"):
@@ -654,7 +658,7 @@ class LinkEngine(wiring.Component):
                 with m.If(j == IB - 1):
                     m.d.sync += e.eq(e + 1)
                     with m.If(e == last_e):
-                        respond(S["OK"])
+                        m.next = "RESP0"      # the status is OK, set in DISPATCH
                     with m.Else():
                         m.next = "O_ADDR"
 
@@ -668,7 +672,7 @@ class LinkEngine(wiring.Component):
                 with m.If(j == 3):
                     m.d.sync += e.eq(e + 1)
                     with m.If(e == last_e):
-                        respond(S["OK"])
+                        m.next = "RESP0"      # the status is OK, set in DISPATCH
                     with m.Else():
                         m.next = "C_WORD"
 

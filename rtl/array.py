@@ -561,16 +561,19 @@ class SystolicArray(wiring.Component):
         accept signal."""
         R = self._rows
         since_last = Signal(range(R + 1), init=R)
+        # ``since_last == R`` as a register: ``i.ready`` feeds the accelerator's address
+        # generator enables, and the comparison was the head of the iCE40 critical path
+        drained = Signal(init=1)
         accept = Signal()
         m.d.comb += [
-            self.i.ready.eq(advance & (~self.i.payload.last | (since_last == R))),
+            self.i.ready.eq(advance & (~self.i.payload.last | drained)),
             accept.eq(self.i.valid & self.i.ready),
         ]
         with m.If(advance):
             with m.If(accept & self.i.payload.last):
-                m.d.sync += since_last.eq(1)
-            with m.Elif(since_last != R):
-                m.d.sync += since_last.eq(since_last + 1)
+                m.d.sync += [since_last.eq(1), drained.eq(R == 1)]
+            with m.Elif(~drained):
+                m.d.sync += [since_last.eq(since_last + 1), drained.eq(since_last + 1 == R)]
         return accept
 
     def _elaborate_broadcast(self, m, grid_kwargs):
