@@ -294,6 +294,10 @@ def build(program, target, *, out_dir, name="top", seed=1, baud=None, progress=p
     top = BoardTop(program, target=target, baud=baud)
     plat = target.platform_class()()
     synth_opts = "-dsp" if family == "ice40" and cfg.multiplier == "inferred" else ""
+    if family == "ice40" and target.device.name.startswith("iCE40UP"):
+        # abc9 maps for the HX delay model unless told the device: with UltraPlus delays
+        # the default build gains ~1.5 MHz (34 -> 35.5 MHz measured) for ~1% more cells
+        synth_opts += " -device u"
     plan = plat.prepare(
         top, name=name, synth_opts=synth_opts,
         script_after_read=f"hierarchy -top {name}; rename -hide w:*[*",

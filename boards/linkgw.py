@@ -29,9 +29,9 @@ The accelerator interface (:func:`accelerator_signature`) is the
 :class:`~systolic.rtl.accelerator.Accelerator`'s own members minus ``step``, so the board
 top connects them with :func:`connect_accelerator`; a stand-in with the same signature
 (:class:`~.standin.StandInAccelerator`) tests the link without a real network.
-``accel_reset`` pulses on RESET: the board top wraps the accelerator in
-``ResetInserter(accel_reset)`` so that a half-loaded input is forgotten (memories, and so
-the weights, keep their contents).
+``accel_reset`` pulses on RESET: the board top resets the accelerator with it (through a
+register, as the reset of the accelerator's own clock domain) so that a half-loaded input
+is forgotten (memories, and so the weights, keep their contents).
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -142,6 +142,9 @@ class FrameDecoder(wiring.Component):
         m.submodules.crc = crc_ = _CRC.create()
         length = Signal(8)
         count = Signal(8)
+        # payload bytes still to come: a compare with a constant ends the payload, where
+        # ``count == length - 1`` put a subtraction in front of the FSM (an iCE40 timing path)
+        remaining = Signal(8)
         cmd, seq = Signal(8), Signal(8)
         b = self.i.payload.data
         take = Signal()
@@ -180,7 +183,7 @@ class FrameDecoder(wiring.Component):
                             m.d.comb += crc_.valid.eq(1)
                         if name == "LEN":
                             m.d.comb += crc_.start.eq(1)
-                            m.d.sync += [length.eq(b), count.eq(0)]
+                            m.d.sync += [length.eq(b), remaining.eq(b), count.eq(0)]
                             with m.If(b > PAYLOAD_MAX):
                                 event(NAK_REASONS["length"])
                                 m.next = "HUNT"
@@ -196,8 +199,8 @@ class FrameDecoder(wiring.Component):
                                 m.next = "CRC0"
                         elif name == "PAYLOAD":
                             m.d.comb += self.wr_en.eq(1)
-                            m.d.sync += count.eq(count + 1)
-                            with m.If(count == length - 1):
+                            m.d.sync += [count.eq(count + 1), remaining.eq(remaining - 1)]
+                            with m.If(remaining == 1):
                                 m.next = "CRC0"
                         elif name == "CRC0":
                             m.next = "CRC1"
@@ -235,14 +238,14 @@ class FrameEncoder(wiring.Component):
         m = Module()
         m.submodules.crc = crc_ = _CRC.create()
         hdr = Signal(header_layout)
-        count = Signal(8)
+        remaining = Signal(8)   # payload bytes still to send (compared with a constant)
         sent = Signal()
         m.d.comb += [sent.eq(self.o.valid & self.o.ready), crc_.data.eq(self.o.payload)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.h.ready.eq(1)
                 with m.If(self.h.valid):
-                    m.d.sync += [hdr.eq(self.h.payload), count.eq(0)]
+                    m.d.sync += [hdr.eq(self.h.payload), remaining.eq(self.h.payload.length)]
                     m.next = "SYNC0"
             with m.State("SYNC0"):
                 m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(SYNC[0])]
@@ -273,8 +276,8 @@ class FrameEncoder(wiring.Component):
                 m.d.comb += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload),
                              self.i.ready.eq(self.o.ready), crc_.valid.eq(sent)]
                 with m.If(sent):
-                    m.d.sync += count.eq(count + 1)
-                    with m.If(count == hdr.length - 1):
+                    m.d.sync += remaining.eq(remaining - 1)
+                    with m.If(remaining == 1):
                         m.next = "CRC0"
             with m.State("CRC0"):
                 m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(crc_.crc[8:])]
@@ -285,6 +288,23 @@ class FrameEncoder(wiring.Component):
                 with m.If(sent):
                     m.next = "IDLE"
         return m
+
+
+def register_stream(m, name, src, dst, reset=None):
+    """``src`` to ``dst`` through a one-entry register: every signal ``dst`` sees, and
+    ``src.ready``, come from flip-flops, so neither side's logic reaches the other's in
+    one cycle.  One beat per two cycles (far above the UART's rate); ``reset`` empties
+    it."""
+    full = Signal(name=f"{name}_full")
+    payload = Signal.like(src.payload, name=f"{name}_payload")
+    m.d.comb += [src.ready.eq(~full), dst.valid.eq(full), dst.payload.eq(payload)]
+    with m.If(full & dst.ready):
+        m.d.sync += full.eq(0)
+    with m.If(src.valid & ~full):
+        m.d.sync += [full.eq(1), payload.eq(src.payload)]
+    if reset is not None:
+        with m.If(reset):
+            m.d.sync += full.eq(0)
 
 
 def _length_mask(ok):
@@ -365,6 +385,12 @@ class LinkEngine(wiring.Component):
         # (IW - loaded) * IB, the input bytes LOAD_INPUT may still send, kept next to
         # ``loaded``: computed in CHECK's cycle it was the iCE40 critical path
         room = Signal(range(IW * IB + 1), init=IW * IB)
+        # flags kept beside their counters, so that no counter compare reaches the FSM or
+        # the accelerator's handshakes (each was an iCE40 critical path in turn):
+        # ``loaded == IW - 1`` (the next beat is the tensor's last) and ``k == length``
+        # (the frame's payload is used up) as of the next beat
+        last_beat = Signal(init=int(IW == 1))
+        k_end = Signal()
         held = Signal(C * aw)
         running, done = Signal(), Signal()
         produced = Signal(range(OW + 1))
@@ -501,6 +527,7 @@ class LinkEngine(wiring.Component):
                     with m.Else():
                         m.d.comb += self.accel_reset.eq(1)
                         m.d.sync += [session.eq(arg[0]), loaded.eq(0), room.eq(IW * IB),
+                                     last_beat.eq(IW == 1),
                                      running.eq(0),
                                      done.eq(0), produced.eq(0),
                                      rounding.eq(default_rounding), seed.eq(d.seed),
@@ -595,12 +622,12 @@ class LinkEngine(wiring.Component):
                 m.d.comb += self.rd_addr.eq(k + 1)
                 m.d.sync += [beat.eq(Cat(beat[8:], self.rd_data)), k.eq(k + 1), j.eq(j + 1)]
                 with m.If(j == WB - 1):
-                    m.d.sync += j.eq(0)
+                    m.d.sync += [j.eq(0), k_end.eq(k + 1 == length)]
                     m.next = "W_PUSH"
             with m.State("W_PUSH"):
                 m.d.comb += [self.rd_addr.eq(k), acc.w.valid.eq(1)]
                 with m.If(acc.w.ready):
-                    with m.If(k == length):
+                    with m.If(k_end):
                         m.next = "RESP0"      # the status is OK, set in DISPATCH
                     with m.Else():
                         m.next = "W_READ"
@@ -610,21 +637,23 @@ class LinkEngine(wiring.Component):
                 m.d.comb += self.rd_addr.eq(k + 1)
                 m.d.sync += [beat.eq(Cat(beat[8:], self.rd_data)), k.eq(k + 1), j.eq(j + 1)]
                 with m.If(j == IB - 1):
-                    m.d.sync += j.eq(0)
+                    m.d.sync += [j.eq(0), k_end.eq(k + 1 == length)]
                     m.next = "L_PUSH"
             with m.State("L_PUSH"):
                 m.d.comb += self.rd_addr.eq(k)
-                with m.If(loaded == IW - 1):
-                    m.d.sync += [held.eq(in_beat), loaded.eq(loaded + 1), room.eq(room - IB)]
+                with m.If(last_beat):
+                    m.d.sync += [held.eq(in_beat), loaded.eq(loaded + 1), room.eq(room - IB),
+                                 last_beat.eq(0)]
                     m.next = "L_NEXT"
                 with m.Else():
                     m.d.comb += acc.i.valid.eq(1)
                     with m.If(acc.i.ready):
-                        m.d.sync += [loaded.eq(loaded + 1), room.eq(room - IB)]
+                        m.d.sync += [loaded.eq(loaded + 1), room.eq(room - IB),
+                                     last_beat.eq(loaded == IW - 2)]
                         m.next = "L_NEXT"
             with m.State("L_NEXT"):
                 m.d.comb += self.rd_addr.eq(k)
-                with m.If(k == length):
+                with m.If(k_end):
                     m.next = "RESP0"      # the status is OK, set in DISPATCH
                 with m.Else():
                     m.next = "L_READ"
@@ -633,7 +662,8 @@ class LinkEngine(wiring.Component):
             with m.State("R_PUSH"):
                 m.d.comb += [acc.i.valid.eq(1), release.eq(1)]
                 with m.If(acc.i.ready):
-                    m.d.sync += [running.eq(1), loaded.eq(0), room.eq(IW * IB)]
+                    m.d.sync += [running.eq(1), loaded.eq(0), room.eq(IW * IB),
+                                 last_beat.eq(IW == 1)]
                     m.next = "RESP0"      # the status is OK, set in DISPATCH
 
             with m.State("PING"):
@@ -821,13 +851,18 @@ class LinkDevice(wiring.Component):
         m.d.comb += [dec.i.valid.eq(fifo.r_rdy), dec.i.payload.eq(fifo.r_data),
                      fifo.r_en.eq(dec.i.ready)]
         wiring.connect(m, dec.o, eng.event)
-        m.d.comb += self.error.eq(dec.o.valid & dec.o.ready & (dec.o.payload.reason != 0))
+        # registered: the engine's IDLE state takes the event, and the LED logic is far
+        m.d.sync += self.error.eq(dec.o.valid & dec.o.ready & (dec.o.payload.reason != 0))
         m.d.comb += [rd.addr.eq(eng.rd_addr), eng.rd_data.eq(rd.data),
                      wr.en.eq(dec.wr_en | eng.wr_en),
                      wr.addr.eq(Mux(eng.wr_en, eng.wr_addr, dec.wr_addr)),
                      wr.data.eq(Mux(eng.wr_en, eng.wr_data, dec.wr_data))]
-        wiring.connect(m, eng.h, enc.h)
-        wiring.connect(m, eng.tx, enc.i)
+        # the engine's and the encoder's handshakes through registers: in one cycle, the
+        # engine's state reached the encoder's (its header and byte ready) and came back
+        # to the engine's next-state logic, the iCE40 critical path once the accelerator's
+        # own paths were cut (27 ns, seven LUTs)
+        register_stream(m, "h", eng.h, enc.h)
+        register_stream(m, "tx", eng.tx, enc.i)
         wiring.connect(m, enc.o, utx.i)
         wiring.connect(m, wiring.flipped(self.accel), eng.accel)
         m.d.comb += self.accel_reset.eq(eng.accel_reset)

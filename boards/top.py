@@ -4,7 +4,7 @@
 simulates::
 
     oscillator --> PLL (SB_PLL40_PAD / EHXPLLL) --> sync domain, reset until lock
-    rx pin --> LinkDevice --accel (i, w registered)--> ResetInserter(Accelerator)
+    rx pin --> LinkDevice --accel (i, w registered)--> Accelerator (accel domain)
     tx pin <--'        `--> LEDs: link error, heartbeat, busy
 
 With ``platform=None`` (simulation, ``systolic emit --what top``, the virtual board) there
@@ -21,7 +21,7 @@ Block-RAM weights are in the bitstream and may be rewritten the same way.
 """
 
 from amaranth.build import ResourceError
-from amaranth.hdl import ClockDomain, Instance, Module, ResetInserter, Signal
+from amaranth.hdl import ClockDomain, DomainRenamer, Instance, Module, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
@@ -30,7 +30,7 @@ from amaranth.utils import ceil_log2
 from systolic.rtl._params import check_int
 
 from .link import Descriptor
-from .linkgw import LinkDevice
+from .linkgw import LinkDevice, register_stream
 from .pll import ecp5_pll, ice40_pll
 from .targets import BoardTarget, board
 from .uart import uart_divisor
@@ -60,21 +60,6 @@ def board_pll(target):
     (:class:`~.pll.ICE40PLL` or :class:`~.pll.ECP5PLL`)."""
     make = {"ice40": ice40_pll, "ecp5": ecp5_pll}[target.device.family]
     return make(oscillator_hz(target), target.clock_mhz * 1e6)
-
-
-def _register_stream(m, name, src, dst, reset=None):
-    """``src`` (the link's side) to ``dst`` through a one-entry register: every signal
-    ``dst`` sees, and ``src.ready``, come from flip-flops.  One beat per two cycles."""
-    full = Signal(name=f"{name}_full")
-    payload = Signal.like(src.payload, name=f"{name}_payload")
-    m.d.comb += [src.ready.eq(~full), dst.valid.eq(full), dst.payload.eq(payload)]
-    with m.If(full & dst.ready):
-        m.d.sync += full.eq(0)
-    with m.If(src.valid & ~full):
-        m.d.sync += [full.eq(1), payload.eq(src.payload)]
-    if reset is not None:
-        with m.If(reset):
-            m.d.sync += full.eq(0)
 
 
 def _register_handshake(m, name, src, dst):
@@ -113,6 +98,9 @@ class BoardTop(wiring.Component):
 
     Members
     -------
+    clk, rst : In(1)
+        The board clock and reset (simulation only: on a platform the PLL makes the clock
+        and the reset is held until it locks).
     rx : In(1, init=1); tx : Out(1, init=1)
         The UART pins (simulation only: on a platform the ``uart`` resource is used).
     leds : Out(len(LEDS))
@@ -161,6 +149,8 @@ class BoardTop(wiring.Component):
         # the link and the accelerator are made at elaboration
         self._make_accel = accelerator or Accelerator
         super().__init__({
+            "clk": In(1),
+            "rst": In(1),
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
             "leds": Out(len(LEDS)),
@@ -195,7 +185,7 @@ class BoardTop(wiring.Component):
         return self._descriptor
 
     def _clock(self, m, platform):
-        """The sync domain from the PLL; reset held until the PLL locks."""
+        """The sync domain from the PLL; reset held until the PLL locks.  Returns it."""
         family = self._target.device.family
         pll = self._pll
         m.domains.sync = cd = ClockDomain("sync")
@@ -231,28 +221,40 @@ class BoardTop(wiring.Component):
                 o_CLKOP=cd.clk, o_LOCK=lock)
         platform.add_clock_constraint(cd.clk, pll.f_out)
         m.submodules.reset_sync = ResetSynchronizer(~lock, domain="sync")
+        return cd
 
     def elaborate(self, platform):
         m = Module()
         if platform is not None:
-            self._clock(m, platform)
+            sync = self._clock(m, platform)
+        else:
+            # the board clock and reset are the top's ports (as an implicit sync domain's
+            # would be): the accel domain below needs the sync domain's clock signal
+            m.domains.sync = sync = ClockDomain("sync")
+            sync.clk, sync.rst = self.clk, self.rst
         m.submodules.link = link = LinkDevice(
             descriptor=self._descriptor, divisor=self._divisor, gap_bits=self._gap_bits,
             rx_depth=self._rx_depth)
         accel = self._make_accel(self._program)
-        # RESET's pulse is decoded from the link engine's state: registered, so that
-        # decoding does not reach the clock enable of every accelerator flip-flop (the
-        # iCE40 critical path once the address generator's tests were registered).  The
-        # accelerator resets one cycle later, long before the RESET response is sent.
-        accel_reset = Signal()
-        m.d.sync += accel_reset.eq(link.accel_reset)
-        m.submodules.accel = ResetInserter(accel_reset)(accel)
+        # The accelerator runs in its own domain on the same clock, whose one reset is a
+        # flip-flop: the board's reset (PLL lock) or the link's RESET, registered.  With
+        # the sync domain's reset and a ResetInserter's both on its flip-flops, yosys
+        # ORed the two in LUTs in front of every clock enable (the iCE40 critical path:
+        # the lock synchronizer across the die into the address generator's enables,
+        # 28.7 ns).  The accelerator resets one cycle after either, long before the RESET
+        # response is sent.
+        m.domains.accel = accel_cd = ClockDomain("accel", local=True)
+        accel_cd.clk = sync.clk
+        accel_reset = Signal(init=1, reset_less=True)
+        m.d.sync += accel_reset.eq(link.accel_reset | sync.rst)
+        m.d.comb += accel_cd.rst.eq(accel_reset)
+        m.submodules.accel = DomainRenamer("accel")(accel)
         # The i stream passes a register and the w stream's handshake is registered (both
         # at a fraction of the accelerator's rate, far above the line rate): the link's
         # FSM no longer reaches the accelerator's load control or its weight memory in one
         # cycle, the iCE40 critical paths after the dispatch fix (39 and 37 ns).  The
         # input register forgets its beat on RESET like the accelerator.
-        _register_stream(m, "i", link.accel.i, accel.i, reset=accel_reset)
+        register_stream(m, "i", link.accel.i, accel.i, reset=accel_reset)
         _register_handshake(m, "w", link.accel.w, accel.w)
         wiring.connect(m, link.accel.o, accel.o)
         m.d.comb += [accel.rounding.eq(link.accel.rounding), accel.seed.eq(link.accel.seed),

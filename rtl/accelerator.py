@@ -70,6 +70,11 @@ class _SPRAMWrite:
         self.addr, self.data, self.en = Signal.like(spram.addr), spram.wdata, spram.we
 
 
+def _last_band_rows(ho, kp):
+    """Output rows in the last band of ``kp`` rows (a fused pool's) of ``ho`` rows."""
+    return ho - (ho - 1) // kp * kp
+
+
 def _pack(image, width):
     """Memory words from an ``(words, R)`` integer image: value ``r`` in bits
     ``r*width..``, two's complement."""
@@ -284,6 +289,11 @@ class Accelerator(wiring.Component):
             # address, and what the next kx / ky / ci / output row adds
             "a0": signed(addr_w), "d_ky": signed(addr_w), "d_ci": signed(addr_w),
             "step_w": _u(max(s.stride * s.in_shape[2] for s in steps)),
+            # rows in a band, minus 2 (the dy that makes the next row the band's last), and
+            # whether a band has one row: for the full bands (kp) and the last (lkp)
+            "kp_m2": signed(bits_for(max(max(s.fused_pool, 1) for s in steps)) + 1),
+            "lkp_m2": signed(bits_for(max(max(s.fused_pool, 1) for s in steps)) + 1),
+            "kp_1": 1, "lkp_1": 1,
         }
         if ws:
             # weight-stationary matmul: k-tiles, pixels per group, the block-switch wait
@@ -328,6 +338,8 @@ class Accelerator(wiring.Component):
                 "d_ky": s.in_shape[2] - (s.kw - 1),
                 "d_ci": s.in_shape[1] * s.in_shape[2] - (s.kh - 1) * s.in_shape[2] - (s.kw - 1),
                 "step_w": s.stride * s.in_shape[2],
+                "kp_m2": kp - 2, "lkp_m2": _last_band_rows(s.out_shape[1], kp) - 2,
+                "kp_1": int(kp == 1), "lkp_1": int(_last_band_rows(s.out_shape[1], kp) == 1),
                 "rq": {**s.requant, "mode": 0},
             }
             if ws:
@@ -499,13 +511,16 @@ class Accelerator(wiring.Component):
                         with m.If(~last_dy):
                             m.d.sync += [dy.eq(dy + 1), yb.eq(yb + p.stride),
                                          ybw.eq(ybw + step_w), pix.eq(pix + p.wo)]
-                            flag([last_dy.eq(dy + 2 == kp_eff),
+                            # (constants, not kp_eff: its compare was the iCE40
+                            # critical path into this flag)
+                            flag([last_dy.eq(dy == Mux(last_band, p.lkp_m2, p.kp_m2)),
                                   raddr.eq(pix_a + p.step_w), pix_a.eq(pix_a + p.step_w)])
                         with m.Elif(~last_ox):
                             m.d.sync += [dy.eq(0), ox.eq(ox + 1), xb.eq(xb + p.stride),
                                          yb.eq(band_yb), ybw.eq(band_ybw),
                                          pix.eq(band_pix + ox + 1)]
-                            flag([last_dy.eq(kp_eff == 1), last_ox.eq(ox + 2 == p.wo),
+                            flag([last_dy.eq(Mux(last_band, p.lkp_1, p.kp_1)),
+                                  last_ox.eq(ox + 2 == p.wo),
                                   raddr.eq(col_a + p.stride), pix_a.eq(col_a + p.stride),
                                   col_a.eq(col_a + p.stride)])
                             with m.If(dx == p.kp - 1):
@@ -518,8 +533,9 @@ class Accelerator(wiring.Component):
                             flag(last_ox.eq(p.wo == 1))
                             with m.If(~last_band):
                                 # the next band: ho_left - kp rows left (> 0)
-                                flag([last_band.eq(ho_left <= 2 * p.kp),
-                                      last_dy.eq((ho_left - p.kp == 1) | (p.kp == 1))])
+                                next_last = ho_left <= 2 * p.kp
+                                flag([last_band.eq(next_last),
+                                      last_dy.eq(Mux(next_last, p.lkp_1, p.kp_1))])
                                 nxt = band_a + p.band_ywstep
                                 flag([raddr.eq(nxt), pix_a.eq(nxt), col_a.eq(nxt),
                                       band_a.eq(nxt)])

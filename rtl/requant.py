@@ -7,15 +7,18 @@ golden twin is :func:`systolic.golden.rounding.requantize` on ``acc + bias``.
 One adder serves all three rounding modes, because each is ``(x + addend) >> s``:
 
 * ``floor``: ``addend = 0``;
-* ``nearest_even``: ``addend = 2**(s-1) - 1 + x[s]`` (``x[s]`` is the LSB of ``x >> s``: a
-  tie rounds up exactly when the truncated quotient is odd);
+* ``nearest_even``: ``addend = 2**(s-1)`` (round half up), then on a tie (``x mod 2**s ==
+  2**(s-1)``) the result's LSB is cleared: of the two candidates ``n`` and ``n + 1`` that
+  is the even one.  The tie test runs beside the adder, so no bit of ``x`` feeds the
+  adder's carry-in (``2**(s-1) - 1 + x[s]`` did: a shifter's depth before the carry chain,
+  the iCE40 build's critical path);
 * ``stochastic``: ``addend = H(seed, layer, index) mod 2**s``.
 
 For ``s <= 0`` the lane clamps ``x`` to ``+-2**16`` (as the golden model does; every output
 saturates beyond that) and shifts left by ``-s``.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -216,45 +219,73 @@ class Requantizer(wiring.Component):
             h = rounds.h
         xw = len(x)
 
-        # Stage 2: addend of the rounding mode.
+        # What the datapath needs from the configuration is registered here, every cycle,
+        # so the configuration's fan-out and decoding are a cycle ahead of the data: on the
+        # iCE40 the path from the accelerator's rounding-mode and shift registers through
+        # this decoding into the rounding carry chain was the critical path (28.7 ns).
+        # The latency is unchanged: an element's stage 2 comes a cycle after its transfer,
+        # and the configuration is held from a layer's first transfer on.
         s = cfg.shift
-        s_pos = Signal(range(self._max_shift + 1))
-        m.d.comb += s_pos.eq(Mux(s > 0, s, 0))
-        mask = Signal(xw + 1)                  # 2**s - 1
-        half_m1 = Signal(xw + 1)               # 2**(s-1) - 1
-        m.d.comb += [mask[i].eq(s_pos > i) for i in range(xw + 1)]
-        m.d.comb += [half_m1[i].eq(s_pos > i + 1) for i in range(xw + 1)]
-        q_lsb = (x >> s_pos)[0]
-        # t = x + addend + carry in one carry chain: (2x + c) + (2a + c) = 2(x + a + c).
-        # (x + (half_m1 + q_lsb) took two chains in series: the iCE40 critical path.)
-        addend = Signal(unsigned(xw + 1))
-        carry = Signal()
-        with m.Switch(cfg.mode):
-            with m.Case(MODE["nearest_even"]):
-                m.d.comb += [addend.eq(half_m1), carry.eq(q_lsb)]
-            if self._stochastic:
-                with m.Case(MODE["stochastic"]):
-                    m.d.comb += addend.eq(h & mask[:32])
-        twice = Signal(signed(xw + 4))
-        m.d.comb += twice.eq(Cat(carry, x).as_signed() + Cat(carry, addend))
-        t = stage(twice[1:].as_signed(), "t")
 
-        # Stage 3: shift.  Right by s > 0 (arithmetic); left by -s after the clamp.
-        k = Signal(range(self._max_left_shift + 1))
-        m.d.comb += k.eq(Mux(s < 0, -s, 0))
+        def derived(value, name):
+            reg = Signal(value.shape(), name=name)
+            m.d.sync += reg.eq(value)
+            return reg
+
+        right = Signal(range(self._max_shift + 1))      # s if s > 0, else 0
+        left = Signal(range(self._max_left_shift + 1))  # -s if s < 0, else 0
+        m.d.comb += [right.eq(Mux(s > 0, s, 0)), left.eq(Mux(s < 0, -s, 0))]
+        s_pos, k, s_right = derived(right, "s_pos"), derived(left, "k"), derived(s > 0, "s_right")
+        # per bit i: of the stochastic mask 2**s - 1 (gated by the mode), of the
+        # nearest-even addend 2**(s-1) (gated), and of the tie test's mask 2**s - 1
+        is_ne = cfg.mode == MODE["nearest_even"]
+        is_sr = (cfg.mode == MODE["stochastic"]) if self._stochastic else Const(0)
+        mask = derived(Cat(is_sr & (right > i) for i in range(xw + 1)), "mask")
+        half = derived(Cat(is_ne & (right == i + 1) for i in range(xw + 1)), "half")
+        tie_mask = derived(Cat(is_ne & (right > i) for i in range(xw)), "tie_mask")
+        lo, hi = derived(cfg.lo, "lo"), derived(cfg.hi, "hi")
+        sat_lo, sat_hi = derived(cfg.sat_lo, "sat_lo"), derived(cfg.sat_hi, "sat_hi")
+
+        # Stage 2: t = x + addend, and whether x is a nearest-even tie (its low s bits are
+        # exactly 2**(s-1)); the tie test is beside the adder, not in front of it.
+        addend = Signal(unsigned(xw + 1))
+        m.d.comb += addend.eq(half)
+        if self._stochastic:
+            m.d.comb += addend.eq(half | (h & mask[:32]))
+        t = stage(x + addend, "t")
+        tie = stage(((x.as_unsigned() ^ half[:xw]) & tie_mask) == 0, "tie")
+        tie_on = stage(tie_mask[0], "tie_on")          # nearest-even with s > 0
+
+        # Stage 3: shift.  Right by s > 0 (arithmetic), a tie's LSB cleared (the even
+        # candidate); left by -s after the clamp.
+        shifted = Signal(signed(len(t)))
+        m.d.comb += shifted.eq(t >> s_pos)
+        even = Cat(shifted[0] & ~(tie & tie_on), shifted[1:]).as_signed()
         x_left = Signal(signed(18))
         m.d.comb += x_left.eq(Mux(x > _LEFT_CLAMP, _LEFT_CLAMP,
                                   Mux(x < -_LEFT_CLAMP, -_LEFT_CLAMP, x)))
         x_left_d = stage(x_left, "x_left")   # aligned with t
-        y = stage(Mux(s > 0, t >> s_pos, x_left_d << k), "y")
+        y = stage(Mux(s_right, even, x_left_d << k), "y")
 
         # Stage 4: clamp into [lo, hi]; saturation event when a format limit clamps.
-        value = Signal(signed(self._out_width))
+        # y is as wide as the shifts make it (~30 bits); bounds are out_width bits.  So the
+        # compares are on y's low out_width + 1 bits, with y's range (within +-2**n, n =
+        # out_width, or beyond either bound) from its upper bits, in parallel: two ~30-bit
+        # compare chains into the output register were the iCE40 critical path.
+        n = self._out_width
+        value = Signal(signed(n))
         saturated = Signal()
-        with m.If(y < cfg.lo):
-            m.d.comb += [value.eq(cfg.lo), saturated.eq(cfg.sat_lo)]
-        with m.Elif(y > cfg.hi):
-            m.d.comb += [value.eq(cfg.hi), saturated.eq(cfg.sat_hi)]
+        if len(y) > n + 1:
+            upper = y[n:]                       # all equal (to the sign) iff |y| <= 2**n
+            above = ~y[-1] & upper.any()        # y >= 2**n > hi
+            below = y[-1] & ~upper.all()        # y < -2**n < lo
+            small = y[:n + 1].as_signed()
+        else:
+            above, below, small = Const(0), Const(0), y
+        with m.If(below | (~above & (small < lo))):
+            m.d.comb += [value.eq(lo), saturated.eq(sat_lo)]
+        with m.Elif(above | (small > hi)):
+            m.d.comb += [value.eq(hi), saturated.eq(sat_hi)]
         with m.Else():
             m.d.comb += value.eq(y)
         m.d.comb += [self.o.p.value.eq(stage(value, "value")),

@@ -31,9 +31,9 @@ ALL = (FLOOR, NEAREST_EVEN, STOCHASTIC)
 #: Planted bugs, each a one-line change of Requantizer.elaborate (built when a test runs,
 #: so a stale pattern fails only its own test).
 BUGS = {
-    "ties_away": ("carry.eq(q_lsb)", "carry.eq(~x[-1])"),
-    "clamp_is_event": ("saturated.eq(cfg.sat_lo)", "saturated.eq(1)"),
-    "short_offset": ("addend.eq(h & mask[:32])", "addend.eq(h & half_m1[:32])"),
+    "ties_up": ("shifted[0] & ~(tie & tie_on)", "shifted[0]"),
+    "clamp_is_event": ("saturated.eq(sat_lo)", "saturated.eq(1)"),
+    "short_offset": ("(h & mask[:32])", "(h & (mask[:32] >> 1))"),
     "stages_ignore_stall": ("with m.If(advance): m.d.sync += reg.eq(value)",
                             "m.d.sync += reg.eq(value)"),
     "no_hold": ("advance.eq(~valid[-1] | self.o.ready)", "advance.eq(1)"),
@@ -52,13 +52,13 @@ def lane(cls=None, **params):
 LATENCY_CASES = {
     # id: (lane parameters, modes, planted bug)
     "a6o3L16-floor,ne": (dict(acc_width=6, out_width=3, max_left_shift=16, stochastic=False),
-                         (FLOOR, NEAREST_EVEN), "ties_away"),
+                         (FLOOR, NEAREST_EVEN), "ties_up"),
     "a8o4L16-floor,ne": (dict(acc_width=8, out_width=4, max_left_shift=16, stochastic=False),
                          (FLOOR, NEAREST_EVEN), "clamp_is_event"),
     "a6o3L4-all": (dict(acc_width=6, out_width=3, max_left_shift=4, stochastic=True),
                    ALL, "short_offset"),
     "a8o4L16-all": (dict(acc_width=8, out_width=4, max_left_shift=16, stochastic=True),
-                    ALL, "ties_away"),
+                    ALL, "ties_up"),
 }
 
 
