@@ -243,7 +243,7 @@ class BoardTop(wiring.Component):
         # the lock synchronizer across the die into the address generator's enables,
         # 28.7 ns).  The accelerator resets one cycle after either, long before the RESET
         # response is sent.
-        m.domains.accel = accel_cd = ClockDomain("accel", local=True)
+        m.domains.accel = accel_cd = ClockDomain("accel", local=True, async_reset=True)
         accel_cd.clk = sync.clk
         accel_reset = Signal(init=1, reset_less=True)
         m.d.sync += accel_reset.eq(link.accel_reset | sync.rst)

@@ -294,6 +294,8 @@ class Accelerator(wiring.Component):
             "kp_m2": signed(bits_for(max(max(s.fused_pool, 1) for s in steps)) + 1),
             "lkp_m2": signed(bits_for(max(max(s.fused_pool, 1) for s in steps)) + 1),
             "kp_1": 1, "lkp_1": 1,
+            # 3 kp, and whether the second band is the last (ho <= 2 kp)
+            "kp3": _u(3 * max(max(s.fused_pool, 1) for s in steps)), "nl0": 1,
         }
         if ws:
             # weight-stationary matmul: k-tiles, pixels per group, the block-switch wait
@@ -340,6 +342,7 @@ class Accelerator(wiring.Component):
                 "step_w": s.stride * s.in_shape[2],
                 "kp_m2": kp - 2, "lkp_m2": _last_band_rows(s.out_shape[1], kp) - 2,
                 "kp_1": int(kp == 1), "lkp_1": int(_last_band_rows(s.out_shape[1], kp) == 1),
+                "kp3": 3 * kp, "nl0": int(s.out_shape[1] <= 2 * kp),
                 "rq": {**s.requant, "mode": 0},
             }
             if ws:
@@ -421,6 +424,9 @@ class Accelerator(wiring.Component):
             m.d.comb += addr.eq(raddr)
         kp_eff = Signal.like(p.kp)                       # rows in this band
         m.d.comb += kp_eff.eq(Mux(ho_left < p.kp, ho_left, p.kp))
+        # output-stationary: whether the next band is the last (ho_left <= 2 kp), a
+        # register like the loops' tests below (unused weight-stationary)
+        next_last = Signal()
         if ws:
             # the weight-stationary datapath moves these counters itself: compare
             last_kx = kx == p.kw - 1
@@ -451,7 +457,11 @@ class Accelerator(wiring.Component):
         advance = Signal()
         gen_valid = Signal()
         # weight-stationary: the generator below runs only the pooling passes
-        m.d.comb += gen_valid.eq((state == ST["RUN"]) & ~issued & (p.pool if ws else 1))
+        # ``(state == RUN) & ~issued`` kept as a register (set as RUN starts, cleared with
+        # ``issued``): the state decode was the head of the iCE40 critical path through
+        # ``issue`` into the counters' enables
+        run_gen = Signal()
+        m.d.comb += gen_valid.eq(run_gen & (p.pool if ws else 1))
         issue = Signal()
         m.d.comb += issue.eq(gen_valid & advance)
 
@@ -533,8 +543,10 @@ class Accelerator(wiring.Component):
                             flag(last_ox.eq(p.wo == 1))
                             with m.If(~last_band):
                                 # the next band: ho_left - kp rows left (> 0)
-                                next_last = ho_left <= 2 * p.kp
+                                # whether the band after the next is the last:
+                                # ho_left - kp <= 2 kp
                                 flag([last_band.eq(next_last),
+                                      next_last.eq(ho_left <= p.kp3),
                                       last_dy.eq(Mux(next_last, p.lkp_1, p.kp_1))])
                                 nxt = band_a + p.band_ywstep
                                 flag([raddr.eq(nxt), pix_a.eq(nxt), col_a.eq(nxt),
@@ -555,6 +567,7 @@ class Accelerator(wiring.Component):
                                              band_pix.eq(0), pidx_band.eq(0),
                                              yb.eq(-p.top), ybw.eq(p.ybw0), pix.eq(0)]
                                 flag([last_band.eq(p.ho <= p.kp),
+                                      next_last.eq(p.nl0),
                                       last_dy.eq((p.ho == 1) | (p.kp == 1))])
                                 with m.If(~last_ct):
                                     flag(last_ct.eq(ct + 2 == p.ct_count))
@@ -570,7 +583,7 @@ class Accelerator(wiring.Component):
                                     with m.Else():
                                         m.d.sync += wt.eq(wt + p.k)
                                 with m.Else():
-                                    m.d.sync += issued.eq(1)
+                                    m.d.sync += [issued.eq(1), run_gen.eq(0)]
 
         # -- the array and its tile metadata ---------------------------------------------
         if not ws:
@@ -591,28 +604,57 @@ class Accelerator(wiring.Component):
                 "pfirst": 1, "plast": 1, "inwin": 1,
                 "baddr": unsigned(len(s1_baddr))})
             # tiles in flight: issued, in the array, and draining (period >= R)
-            in_flight = -(-(R + array.latency) // R) + 2
+            # (and one more: a tile's entry may go in while the skid register holds the
+            # previous tile's last beat)
+            in_flight = -(-(R + array.latency) // R) + 3
             meta = m.submodules.meta = SyncFIFOBuffered(
                 width=meta_layout.size, depth=in_flight)
             wword = data.View(data.ArrayLayout(signed(ww), R), w_rd.data)
             to_array = Signal()
             m.d.comb += to_array.eq(s1_valid & ~p.pool)
+            # Room for a tile's metadata, from a register: at most one entry is pushed a
+            # cycle, so "two free entries" a cycle ago means one now.  The FIFO is sized
+            # for every tile in flight, so this never stalls a run; combinational, the
+            # FIFO's level compare fed the address generator's enables through
+            # ``advance`` (an iCE40 critical path).
+            room_r = Signal()
+            m.d.sync += room_r.eq(meta.level + 2 <= in_flight)
             room = Signal()
-            m.d.comb += room.eq(~s1_last | meta.w_rdy)
+            m.d.comb += room.eq(~s1_last | room_r)
+            # Stage 1 hands its beat to the array through a skid register: the array
+            # takes stage 1's beat directly, and when it cannot (its tile rule), the beat
+            # waits in the skid register while the generator takes one more step, then
+            # stops.  So the generator's ``advance`` is a function of registers only,
+            # never of the array's ``ready`` (through ``advance``, the array's tile rule
+            # reached every counter's enable: the iCE40 critical path).  The array sees
+            # the same beats in the same cycles, so the cycle counts are unchanged.
+            beat = Signal(array.i.p.shape())
+            s1_beat = Signal(array.i.p.shape())
+            skid_full = Signal()
+            m.d.comb += s1_beat.last.eq(s1_last)
+            for r in range(R):
+                m.d.comb += s1_beat.a[r].eq(wword[r])
+            for j in range(C):
+                m.d.comb += s1_beat.b[j].eq(Mux(s1_inside, banks[j][0].data, 0))
+            hand_on = Signal()                      # stage 1's beat leaves it
             m.d.comb += [
-                array.i.valid.eq(to_array & room),
-                array.i.p.last.eq(s1_last),
+                hand_on.eq(to_array & ~skid_full & room),
+                array.i.valid.eq(skid_full | hand_on),
+                array.i.payload.eq(Mux(skid_full, beat.as_value(), s1_beat.as_value())),
                 array.o.ready.eq(1),
             ]
-            for r in range(R):
-                m.d.comb += array.i.p.a[r].eq(wword[r])
-            for j in range(C):
-                m.d.comb += array.i.p.b[j].eq(Mux(s1_inside, banks[j][0].data, 0))
+            with m.If(skid_full):
+                with m.If(array.i.ready):
+                    m.d.sync += skid_full.eq(0)
+            with m.Elif(hand_on & ~array.i.ready):
+                m.d.sync += [skid_full.eq(1), beat.eq(s1_beat)]
             pushed = data.View(meta_layout, meta.w_data)
             array_take = Signal()
             m.d.comb += [
                 array_take.eq(array.i.valid & array.i.ready),
-                meta.w_en.eq(array_take & s1_last),
+                # a tile's metadata goes in as its last beat leaves stage 1: in order,
+                # at most one tile ahead of the array (one more FIFO entry, below)
+                meta.w_en.eq(hand_on & s1_last),
                 pushed.index.eq(s1_index), pushed.rows.eq(s1_rows), pushed.baddr.eq(s1_baddr),
                 pushed.pindex.eq(s1_pindex), pushed.pfirst.eq(s1_pfirst),
                 pushed.plast.eq(s1_plast), pushed.inwin.eq(s1_inwin),
@@ -620,7 +662,7 @@ class Accelerator(wiring.Component):
             with m.If(p.pool):
                 m.d.comb += advance.eq(1)
             with m.Else():
-                m.d.comb += advance.eq(~s1_valid | array_take)
+                m.d.comb += advance.eq(~s1_valid | (~skid_full & room))
 
             # array rows: bias of the row's channel, index = tile index + r * howo
             head = data.View(meta_layout, meta.r_data)
@@ -768,15 +810,28 @@ class Accelerator(wiring.Component):
         wvalue = []
         for j in range(C):
             v = lanes[j].o.p.value
-            old = Array(pmax[r][j] for r in range(prows))[w_tag.row]
             mx = Signal(signed(aw), name=f"wmax_{j}")
+            if ws:
+                old = Array(pmax[r][j] for r in range(prows))[w_tag.row]
+            else:
+                # output-stationary: every tile's rows come out in order, all R of them
+                # (written or not), so the row's maximum is the head of a ring that turns
+                # once per row: no R:1 multiplexer between the maxima and the compare (it
+                # and its routing were the iCE40 critical path).  A pooling pass's rows
+                # start their windows (pfirst), so they may turn it any number of times.
+                old = pmax[0][j]
             m.d.comb += mx.eq(Mux(w_tag.pfirst | (v > old), v, old))
             wvalue.append(mx)
-            with m.If(w_valid & w_write):
-                with m.Switch(w_tag.row):
-                    for r in range(prows):
-                        with m.Case(r):
-                            m.d.sync += pmax[r][j].eq(mx)
+            if ws:
+                with m.If(w_valid & w_write):
+                    with m.Switch(w_tag.row):
+                        for r in range(prows):
+                            with m.Case(r):
+                                m.d.sync += pmax[r][j].eq(mx)
+            else:
+                with m.If(w_valid):
+                    m.d.sync += [pmax[r][j].eq(pmax[r + 1][j]) for r in range(R - 1)]
+                    m.d.sync += pmax[R - 1][j].eq(Mux(w_write, mx, old))
         write_en = Signal()
         m.d.comb += write_en.eq(w_valid & w_write & w_tag.inwin & w_tag.plast)
         write_addr = Signal(_u(P.act_words - 1))
@@ -874,7 +929,8 @@ class Accelerator(wiring.Component):
                   tile_a.eq(p.a0)])
             flag([last_kx.eq(p.kw == 1), last_ky.eq(p.kh == 1), last_ci.eq(p.cin == 1),
                   last_dy.eq((p.ho == 1) | (p.kp == 1)), last_ox.eq(p.wo == 1),
-                  last_band.eq(p.ho <= p.kp), last_ct.eq(p.ct_count == 1)])
+                  last_band.eq(p.ho <= p.kp), next_last.eq(p.nl0),
+                  last_ct.eq(p.ct_count == 1)])
             if ws:
                 m.d.sync += ws_reset
             else:
@@ -897,9 +953,10 @@ class Accelerator(wiring.Component):
                 begin_step()
             with m.Case(ST["KEYS"]):
                 with m.If(keys.done):
-                    m.d.sync += state.eq(ST["RUN"])
+                    m.d.sync += [state.eq(ST["RUN"]), run_gen.eq(1)]
             with m.Case(ST["RUN"]):
                 with m.If(step_done):
+                    m.d.sync += run_gen.eq(0)
                     with m.If(step == S - 1):
                         m.d.sync += [state.eq(ST["OUTPUT"]), out_count.eq(0)]
                     with m.Else():
