@@ -236,6 +236,16 @@ def _say(progress, text):
         progress(text)
 
 
+#: Yosys encodes the Amaranth FSMs (the link's decoder, engine, encoder and UART receiver,
+#: whose state registers are named ``fsm_state``) one-hot.  Its ``fsm`` pass leaves them
+#: binary by itself because Amaranth gives a state register an initial value; that value
+#: is not needed on a board, where the PLL-lock reset holds the whole sync domain from
+#: power-up.  Binary, the link engine's 24-state next-state and enable logic was the iCE40
+#: critical path (eight LUT levels); one-hot, default-build Fmax over nextpnr seeds 1-3
+#: went from 36.5 / 38.0 / 37.2 to 39.1 / 39.0 / 40.8 MHz.
+ONE_HOT_FSMS = 'setattr -set fsm_encoding "one-hot" w:fsm_state'
+
+
 def build(program, target, *, out_dir, name="top", seed=1, baud=None, progress=print,
           timeouts=None):
     """Build the bitstream of ``program`` on ``target`` into ``out_dir``.
@@ -300,7 +310,7 @@ def build(program, target, *, out_dir, name="top", seed=1, baud=None, progress=p
         synth_opts += " -device u"
     plan = plat.prepare(
         top, name=name, synth_opts=synth_opts,
-        script_after_read=f"hierarchy -top {name}; rename -hide w:*[*",
+        script_after_read=f"hierarchy -top {name}; rename -hide w:*[*\n{ONE_HOT_FSMS}",
         script_after_synth=f"tee -q -o {name}.stat.json stat -json")
     for path, content in plan.files.items():
         mode = "wb" if isinstance(content, bytes) else "w"

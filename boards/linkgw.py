@@ -418,6 +418,8 @@ class LinkEngine(wiring.Component):
         off16 = args[:16]
         status = Signal(8)
         resp_cmd, resp_seq, resp_len = Signal(8), Signal(8), Signal(8)
+        resp_last = Signal(8)               # resp_len - 1, kept beside it (no subtraction
+        #                                     in front of the FSM: an iCE40 timing path)
         k = Signal(8)                       # payload byte index / loop counter
         j = Signal(range(max(WB, IB, 4) + 1))   # byte within a beat
         wp = Signal(8)                      # response write pointer
@@ -465,7 +467,8 @@ class LinkEngine(wiring.Component):
                 with m.If(self.event.valid):
                     with m.If(ev.reason != 0):
                         write(0, ev.reason)
-                        m.d.sync += [resp_cmd.eq(NAK), resp_seq.eq(0), resp_len.eq(1)]
+                        m.d.sync += [resp_cmd.eq(NAK), resp_seq.eq(0), resp_len.eq(1),
+                                     resp_last.eq(0)]
                         m.next = "SEND"
                     with m.Else():
                         m.d.comb += self.rd_addr.eq(0)
@@ -714,7 +717,7 @@ class LinkEngine(wiring.Component):
             # the response's STATUS and SESSION bytes, then send
             with m.State("RESP0"):
                 write(0, status)
-                m.d.sync += [last_status.eq(status), resp_len.eq(wp)]
+                m.d.sync += [last_status.eq(status), resp_len.eq(wp), resp_last.eq(wp - 1)]
                 m.next = "RESP1"
             with m.State("RESP1"):
                 write(1, session)
@@ -734,7 +737,7 @@ class LinkEngine(wiring.Component):
                              self.rd_addr.eq(k)]
                 with m.If(self.tx.ready):
                     m.d.sync += k.eq(k + 1)
-                    with m.If(k == resp_len - 1):
+                    with m.If(k == resp_last):
                         m.next = "DONE"
                     with m.Else():
                         m.next = "NEXT"
