@@ -31,7 +31,7 @@ on a static schedule); the memories, the pooling passes and the output path are 
 
 from dataclasses import replace
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -836,9 +836,13 @@ class Accelerator(wiring.Component):
         m.d.comb += write_en.eq(w_valid & w_write & w_tag.inwin & w_tag.plast)
         write_addr = Signal(_u(P.act_words - 1))
         m.d.comb += write_addr.eq(p.out_base + w_tag.pindex)
+        # saturation events of the images in the batch; the lanes in use as a register
+        # (``images`` is held while a run goes), not compared in the counting cycle
+        in_batch = Signal(C)
+        m.d.sync += in_batch.eq(Cat(j < self.images for j in range(C)))
         sat_count = Signal(range(C + 1))
         m.d.comb += sat_count.eq(sum(
-            (lanes[j].o.p.saturated & (j < self.images)) for j in range(C)))
+            (lanes[j].o.p.saturated & in_batch[j]) for j in range(C)))
 
         # -- steps: rows written, completion --------------------------------------------
         rows_done = Signal.like(p.rows)
@@ -870,8 +874,13 @@ class Accelerator(wiring.Component):
             m.d.sync += [cycles_r.eq(cycles_r + 1), lcyc[p.slot].eq(lcyc[p.slot] + 1)]
         with m.If(array_take):
             m.d.sync += beats_r.eq(beats_r + 1)
-        with m.If(w_valid & w_write):
-            m.d.sync += sats[p.slot].eq(sats[p.slot] + sat_count)
+        # A row's saturation events are added a cycle after it is written (with its step's
+        # slot): the sum of the lanes' flags, the slot's counter and the add in one cycle
+        # were an iCE40 critical path.  The counters are read after the run.
+        sat_add = Signal.like(sat_count)
+        sat_slot = Signal.like(p.slot)
+        m.d.sync += [sat_add.eq(Mux(w_valid & w_write, sat_count, 0)), sat_slot.eq(p.slot)]
+        m.d.sync += sats[sat_slot].eq(sats[sat_slot] + sat_add)
 
         # -- load, output, weight rewrite --------------------------------------------------
         in_count = Signal(_u(P.input_words))
