@@ -342,7 +342,7 @@ class LinkEngine(wiring.Component):
     accel : In(accelerator_signature(descriptor))
         The accelerator (the link drives ``i``, ``w`` and the registers, takes ``o``).
     accel_reset : Out(1)
-        One-cycle pulse on RESET, for a ``ResetInserter`` around the accelerator.
+        One-cycle pulse on RESET: the board top resets the accelerator with it.
 
     Latency: the response header is offered at most ``13 + 2 * LEN + 2 * N`` cycles after
     the event (``LEN``: the command's payload bytes, ``N``: the response's data bytes;

@@ -7,7 +7,7 @@
         link = Link(port, timeout=2.0)              # the same host code as for a real board
 
 The whole board top (:func:`board_top`: :class:`~.top.BoardTop` without a platform, so
-the link gateware, the accelerator behind its ``ResetInserter``, the status LEDs and the
+the link gateware, the accelerator in its reset domain, the status LEDs and the
 UART pins, but no PLL) is converted to Verilog and wrapped in a Verilog
 ``harness`` (:func:`harness_verilog`) that generates the clock inside the model and plays
 the host's UART: a serializer shifts bytes into the ``rx`` pin as 8N1 characters at the
