@@ -274,6 +274,7 @@ def session_frames(rng, d):
     out += [("LOAD_INPUT", bytes(2 + IB)),                                   # ORDER
             ("SET_REGISTERS", bytes([d.cols + 1]) + bytes(4 + d.layers)),   # BAD_ARG
             ("SET_REGISTERS", bytes(4 + d.layers) + bytes([3])),            # BAD_ARG
+            ("SET_REGISTERS", bytes(5) + bytes([255]) + bytes(d.layers - 1)),  # BAD_ARG
             ("WRITE_WEIGHTS", bytes(WB + 1)),                               # BAD_LENGTH
             ("RUN", b""), ("STATUS", b""), ("RUN", b""),
             ("READ_OUTPUT", bytes([0, 0, d.output_words])),
