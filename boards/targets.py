@@ -120,6 +120,14 @@ _ICE40 = {
                        stochastic=False, interconnect="broadcast"),
 }
 
+# ECP5 presets, for 125 MHz: the stochastic-rounding generator computes one round per
+# pipeline stage (nine stages; three rounds per stage, three 16-bit add-rotate-xor rounds
+# in series, were a 10.9 ns path), and the memories' read data pass a register before
+# the beat's logic (a DP16KD's clock-to-output is 5.8 ns of the 8 ns period).
+def _ecp5(rows, cols):
+    return ArrayConfig(rows=rows, cols=cols, rounds_per_stage=1, registered_reads=True)
+
+
 BOARDS = {
     "icebreaker": BoardTarget("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform",
                               UP5K, 42.0, _ICE40, "mnist-tiny", "iceprog"),
@@ -127,19 +135,16 @@ BOARDS = {
                             UP5K, 42.0, _ICE40, "mnist-tiny", "icesprog"),
     "ulx3s-25f": BoardTarget("ulx3s-25f", "amaranth_boards.ulx3s:ULX3S_25F_Platform",
                              LFE5U_25F, 125.0,
-                             {"default": ArrayConfig(rows=4, cols=6),
-                              "small": ArrayConfig(rows=4, cols=4)},
+                             {"default": _ecp5(4, 6), "small": _ecp5(4, 4)},
                              "lenet5", "openFPGALoader"),
     "ulx3s-45f": BoardTarget("ulx3s-45f", "amaranth_boards.ulx3s:ULX3S_45F_Platform",
                              LFE5U_45F, 125.0,
-                             {"default": ArrayConfig(rows=8, cols=8),
-                              "small": ArrayConfig(rows=4, cols=4)},
+                             {"default": _ecp5(8, 8), "small": _ecp5(4, 4)},
                              "lenet5", "openFPGALoader"),
     "ulx3s-85f": BoardTarget("ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform",
                              LFE5U_85F, 125.0,
-                             {"default": ArrayConfig(rows=16, cols=8),
-                              "8x8": ArrayConfig(rows=8, cols=8),
-                              "small": ArrayConfig(rows=4, cols=4)},
+                             {"default": _ecp5(16, 8), "8x8": _ecp5(8, 8),
+                              "small": _ecp5(4, 4)},
                              "lenet5", "openFPGALoader"),
 }
 #: The board of ``systolic demo`` and every command's default.

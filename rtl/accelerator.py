@@ -490,6 +490,27 @@ class Accelerator(wiring.Component):
             ]
             m.d.sync += s1_rows.eq(Mux(p.pool | (rows_left >= R), R, rows_left))
 
+        # The memories' read data, as the beat's logic sees it.  With registered reads
+        # (ECP5) the data and stage 1's control pass one more register stage, moved by
+        # ``advance`` like stage 1 (the memories hold their output while it is low), and
+        # everything below uses that stage: a DP16KD's clock-to-output (5.8 ns, nextpnr's
+        # ECP5 timing) left ~2 ns of the 8 ns at 125 MHz for the multiplexers behind it.
+        # One more cycle per step (:attr:`~.compiler.Program.read_latency`).
+        bank_q = [rd.data for rd, _ in banks]
+        w_q = w_rd.data
+        if cfg.registered_reads:
+            stage = [s1_valid, s1_first, s1_last, s1_inside, s1_index, s1_pindex,
+                     s1_pfirst, s1_plast, s1_inwin, s1_rows, s1_baddr]
+            held = [Signal.like(v, name=f"{v.name}_r") for v in stage]
+            bank_q = [Signal(signed(aw), name=f"bank_{j}_q") for j in range(C)]
+            w_q = Signal.like(w_rd.data, name="w_q")
+            with m.If(advance):
+                m.d.sync += [h.eq(v) for h, v in zip(held, stage)]
+                m.d.sync += [q.eq(rd.data) for q, (rd, _) in zip(bank_q, banks)]
+                m.d.sync += w_q.eq(w_rd.data)
+            (s1_valid, s1_first, s1_last, s1_inside, s1_index, s1_pindex, s1_pfirst,
+             s1_plast, s1_inwin, s1_rows, s1_baddr) = held
+
         def flag(stmt):
             if not ws:
                 m.d.sync += stmt
@@ -609,7 +630,7 @@ class Accelerator(wiring.Component):
             in_flight = -(-(R + array.latency) // R) + 3
             meta = m.submodules.meta = SyncFIFOBuffered(
                 width=meta_layout.size, depth=in_flight)
-            wword = data.View(data.ArrayLayout(signed(ww), R), w_rd.data)
+            wword = data.View(data.ArrayLayout(signed(ww), R), w_q)
             to_array = Signal()
             m.d.comb += to_array.eq(s1_valid & ~p.pool)
             # Room for a tile's metadata, from a register: at most one entry is pushed a
@@ -635,7 +656,7 @@ class Accelerator(wiring.Component):
             for r in range(R):
                 m.d.comb += s1_beat.a[r].eq(wword[r])
             for j in range(C):
-                m.d.comb += s1_beat.b[j].eq(Mux(s1_inside, banks[j][0].data, 0))
+                m.d.comb += s1_beat.b[j].eq(Mux(s1_inside, bank_q[j], 0))
             hand_on = Signal()                      # stage 1's beat leaves it
             m.d.comb += [
                 hand_on.eq(to_array & ~skid_full & room),
@@ -694,7 +715,7 @@ class Accelerator(wiring.Component):
         m.d.sync += pool_valid.eq(s1_valid & p.pool & s1_last)
         with m.If(s1_valid & p.pool):
             for j in range(C):
-                v = banks[j][0].data
+                v = bank_q[j]
                 cur = Signal(signed(accw), name=f"pool_cur_{j}")
                 with m.If(s1_first):
                     m.d.comb += cur.eq(v)

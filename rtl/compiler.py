@@ -104,6 +104,12 @@ class ArrayConfig:
         operand registers, the area of a small iCE40 array; see
         :class:`~systolic.rtl.array.BroadcastGrid`).  Same results, the array's latency
         differs (:func:`~systolic.rtl.array.array_latency`).
+    registered_reads : bool
+        Output-stationary only: the activation and weight memories' read data pass a
+        register before the beat's multiplexers and the pooling compare, one more
+        pipeline stage and one more cycle per step (:attr:`Program.read_latency`).  For
+        the ECP5 presets: a DP16KD block RAM's clock-to-output is 5.8 ns of the 8 ns
+        period at 125 MHz.
 
     Raises
     ------
@@ -121,6 +127,7 @@ class ArrayConfig:
     fuse_pool: bool = True
     weight_memory: str = "bram"
     interconnect: str = "systolic"
+    registered_reads: bool = False
 
     def __post_init__(self):
         check_int("Array rows", self.rows, 1, MAX_SIZE)
@@ -143,6 +150,11 @@ class ArrayConfig:
         if not isinstance(self.fuse_pool, bool):
             raise TypeError(f"Fuse pool must be a bool, not {self.fuse_pool!r}")
         check_rounds_per_stage(self.rounds_per_stage)
+        if not isinstance(self.registered_reads, bool):
+            raise TypeError(f"Registered reads must be a bool, not {self.registered_reads!r}")
+        if self.registered_reads and self.dataflow != "os":
+            raise ValueError(f"Registered reads are implemented for the output-stationary "
+                             f"dataflow, not {self.dataflow!r}")
         for name in ("weight_memory_bits", "activation_memory_bits"):
             if getattr(self, name) is not None:
                 check_int(name.replace("_", " ").capitalize(), getattr(self, name))
@@ -161,6 +173,8 @@ class ArrayConfig:
         parts.append(f"{self.multiplier} multipliers")
         if self.weight_memory != "bram":
             parts.append(f"weights in {self.weight_memory}")
+        if self.registered_reads:
+            parts.append("registered reads")
         return f"{self.rows}x{self.cols} array ({', '.join(parts)})"
 
     @classmethod
@@ -386,6 +400,12 @@ class Program:
             else 0
 
     @property
+    def read_latency(self):
+        """Cycles the memories' read data wait in a register before use: 1 with
+        ``registered_reads`` (one more cycle per step), else 0."""
+        return int(self.config.registered_reads)
+
+    @property
     def output_latency(self):
         """Cycles from a row entering the output path to its write (inclusive)."""
         return 1 + self.sr_latency + LANE_LATENCY
@@ -410,9 +430,9 @@ class Program:
             issue = (step.tiles - 1) * max(k, R) + k          # beats accepted
             # last beat -> last row out
             array = array_latency(R, C, self.config.interconnect) + R - 1
-            return setup + 1 + issue + array + self.output_latency
+            return setup + 1 + self.read_latency + issue + array + self.output_latency
         beats = step.tiles * step.reduction
-        return setup + 1 + beats + 1 + self.output_latency
+        return setup + 1 + self.read_latency + beats + 1 + self.output_latency
 
     # -- weight-stationary schedule ---------------------------------------------------
 

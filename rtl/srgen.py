@@ -86,17 +86,21 @@ class SRKeySchedule(wiring.Component):
         m.d.comb += self.keys.eq(Cat(*k))
         m.d.comb += self.done.eq(step == rounds - 1)
 
+        # ``kc`` is k[step], kept beside the key registers: read through a 9:1 multiplexer
+        # on ``step``, k[step] into the adder was the ECP5 critical path.
+        kc = Signal(_W)
         with m.If(self.start):
             m.d.sync += [
-                k[0].eq(self.seed[:_W]),
+                k[0].eq(self.seed[:_W]), kc.eq(self.seed[:_W]),
                 l[0].eq(self.seed[_W:]), l[1].eq(self.layer), l[2].eq(srgen.KEY_CONST),
                 step.eq(0),
             ]
         with m.Elif(step < rounds - 1):
             # l[j+3] = (k[j] + (l[j] >>> 7)) ^ j ; k[j+1] = (k[j] <<< 2) ^ l[j+3]
-            new_l = ((k[step] + _rotr(l[0], 7))[:_W]) ^ step
+            new_l = ((kc + _rotr(l[0], 7))[:_W]) ^ step
+            new_k = _rotl(kc, 2) ^ new_l
             m.d.sync += [
-                k[step + 1].eq(_rotl(k[step], 2) ^ new_l),
+                k[step + 1].eq(new_k), kc.eq(new_k),
                 l[0].eq(l[1]), l[1].eq(l[2]), l[2].eq(new_l),
                 step.eq(step + 1),
             ]

@@ -3,6 +3,8 @@
 Every output element, saturation count and the cycle count are compared exactly; the
 whole-network runs on the reference networks are cocotb/Verilator tests (tests/sim)."""
 
+import itertools
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
@@ -115,6 +117,36 @@ def test_random_network_bit_exact(seed, rows, cols, fuse, interconnect):
     check(program, random_input(rng, net, cols))
 
 
+@pytest.mark.parametrize("interconnect", ["systolic", "broadcast"])
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("seed,rows,cols", CASES[1:6], ids=[f"seed={s}-{r}x{c}"
+                                                          for s, r, c in CASES[1:6]])
+def test_registered_reads_bit_exact(seed, rows, cols, fuse, interconnect):
+    """The ECP5 presets' extra read stage: same outputs, one more cycle per step (the
+    cycle model's ``read_latency``), fused and separate pooling passes."""
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
+    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=fuse,
+                                               interconnect=interconnect,
+                                               registered_reads=True))
+    plain = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=fuse,
+                                             interconnect=interconnect))
+    assert program.cycles == plain.cycles + len(program.steps)
+    check(program, random_input(rng, net, cols))
+
+
+def test_registered_reads_cover_pooling_passes():
+    """The cases above include a separate pooling pass and a fused pool."""
+    kinds = set()
+    for (seed, rows, cols), fuse in itertools.product(CASES[1:6], [True, False]):
+        rng = np.random.default_rng(seed)
+        net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
+        program = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=fuse))
+        kinds |= {"pool" if s.kind == "pool" else "fused" if s.fused_pool else "conv"
+                  for s in program.steps}
+    assert {"pool", "fused"} <= kinds, kinds
+
+
 @pytest.mark.parametrize("mode", ROUNDING_MODES)
 def test_rounding_register_overrides_every_layer(mode):
     rng = np.random.default_rng(11)
@@ -145,12 +177,14 @@ def test_fused_pool_with_dropped_rows_and_columns(dataflow):
     assert want.saturations[0] > 0, "the conv should saturate somewhere"
 
 
-@pytest.mark.parametrize("interconnect", ["systolic", "broadcast"])
+@pytest.mark.parametrize("interconnect", ["systolic", "broadcast", "systolic-registered"])
 @pytest.mark.parametrize("seed", [3, 4], ids=lambda s: f"seed={s}")
 def test_input_gaps_and_output_backpressure(seed, interconnect):
     rng = np.random.default_rng(seed)
     net = random_network(rng, max_layers=2, max_size=6, max_channels=3)
-    program = compile_network(net, ArrayConfig(rows=3, cols=2, interconnect=interconnect))
+    interconnect, _, registered = interconnect.partition("-")
+    program = compile_network(net, ArrayConfig(rows=3, cols=2, interconnect=interconnect,
+                                               registered_reads=bool(registered)))
     counters, _ = check(program, random_input(rng, net, 2), gaps=np.random.default_rng(seed),
                         stalls=np.random.default_rng(seed + 1))
     assert counters.get("gaps", 0) > 0 and counters.get("stalls", 0) > 0, counters
