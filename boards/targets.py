@@ -125,7 +125,7 @@ _ICE40 = {
 # in series, were a 10.9 ns path), and the memories' read data pass a register before
 # the beat's logic (a DP16KD's clock-to-output is 5.8 ns of the 8 ns period).
 def _ecp5(rows, cols):
-    return ArrayConfig(rows=rows, cols=cols, rounds_per_stage=1, registered_reads=True)
+    return ArrayConfig(rows=rows, cols=cols, rounds_per_stage=1, registered_memories=True)
 
 
 BOARDS = {

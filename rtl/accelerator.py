@@ -42,6 +42,7 @@ from systolic.golden.errors import ConstraintError
 
 from .array import SystolicArray
 from .compiler import LANE_LATENCY, MAX_LEFT_SHIFT, Program
+from .bram import RegisteredReadMemory
 from .requant import RequantConfig, Requantizer
 from .spram import SPRAM
 from .srgen import SRKeySchedule, SRRounds
@@ -61,6 +62,15 @@ class _SPRAMRead:
 
     def __init__(self, spram):
         self.addr, self.en, self.data = Signal.like(spram.addr), spram.en, spram.data
+
+
+class _Ports:
+    """The read and write sides of a :class:`~.bram.RegisteredReadMemory` with a memory
+    port's names (``addr``, ``en``, ``data``); the read ``data`` is two reads late."""
+
+    def __init__(self, mem, side):
+        self.addr, self.en, self.data = (getattr(mem, f"{side}_{n}")
+                                         for n in ("addr", "en", "data"))
 
 
 class _SPRAMWrite:
@@ -212,6 +222,11 @@ class Accelerator(wiring.Component):
             wmem = m.submodules.wmem = SPRAM(width=P.lanes * ww, depth=P.weight_words)
             w_rd = _SPRAMRead(wmem)
             w_wr = _SPRAMWrite(wmem)
+        elif cfg.registered_memories:
+            # the read's register is the block RAM's own output register on the ECP5
+            wmem = m.submodules.wmem = RegisteredReadMemory(
+                width=P.lanes * ww, depth=P.weight_words, init=_pack(P.weight_image, ww))
+            w_rd, w_wr = _Ports(wmem, "r"), _Ports(wmem, "w")
         else:
             wmem = m.submodules.wmem = memory.Memory(
                 shape=unsigned(P.lanes * ww), depth=P.weight_words,
@@ -225,9 +240,15 @@ class Accelerator(wiring.Component):
         b_wr = bmem.write_port()
         banks = []
         for j in range(C):
-            bank = memory.Memory(shape=signed(aw), depth=P.act_words, init=[])
-            m.submodules[f"bank_{j}"] = bank
-            banks.append((bank.read_port(), bank.write_port()))
+            if cfg.registered_memories:
+                # the read's register is the block RAM's own output register on the ECP5
+                bank = RegisteredReadMemory(width=aw, depth=P.act_words)
+                m.submodules[f"bank_{j}"] = bank
+                banks.append((_Ports(bank, "r"), _Ports(bank, "w")))
+            else:
+                bank = memory.Memory(shape=signed(aw), depth=P.act_words, init=[])
+                m.submodules[f"bank_{j}"] = bank
+                banks.append((bank.read_port(), bank.write_port()))
         act_addr = Signal(_u(P.act_words - 1))
         addr_w = len(act_addr) + 8                       # the read address sum's width
         act_en = Signal()
@@ -490,24 +511,28 @@ class Accelerator(wiring.Component):
             ]
             m.d.sync += s1_rows.eq(Mux(p.pool | (rows_left >= R), R, rows_left))
 
-        # The memories' read data, as the beat's logic sees it.  With registered reads
+        # The memories' read data, as the beat's logic sees it.  With registered memories
         # (ECP5) the data and stage 1's control pass one more register stage, moved by
         # ``advance`` like stage 1 (the memories hold their output while it is low), and
         # everything below uses that stage: a DP16KD's clock-to-output (5.8 ns, nextpnr's
         # ECP5 timing) left ~2 ns of the 8 ns at 125 MHz for the multiplexers behind it.
-        # One more cycle per step (:attr:`~.compiler.Program.read_latency`).
-        bank_q = [rd.data for rd, _ in banks]
+        # One more cycle per step (:attr:`~.compiler.Program.read_latency`); the write
+        # below adds another.
+        # (The activation banks, and the weights in block RAM, are
+        # :class:`~.bram.RegisteredReadMemory`: their read data are already that register,
+        # the DP16KD's output register on the ECP5.)
+        bank_q = [rd.data.as_signed() for rd, _ in banks]
         w_q = w_rd.data
-        if cfg.registered_reads:
+        if cfg.registered_memories:
             stage = [s1_valid, s1_first, s1_last, s1_inside, s1_index, s1_pindex,
                      s1_pfirst, s1_plast, s1_inwin, s1_rows, s1_baddr]
             held = [Signal.like(v, name=f"{v.name}_r") for v in stage]
-            bank_q = [Signal(signed(aw), name=f"bank_{j}_q") for j in range(C)]
-            w_q = Signal.like(w_rd.data, name="w_q")
             with m.If(advance):
                 m.d.sync += [h.eq(v) for h, v in zip(held, stage)]
-                m.d.sync += [q.eq(rd.data) for q, (rd, _) in zip(bank_q, banks)]
-                m.d.sync += w_q.eq(w_rd.data)
+            if cfg.weight_memory == "spram":
+                w_q = Signal.like(w_rd.data, name="w_q")
+                with m.If(advance):
+                    m.d.sync += w_q.eq(w_rd.data)
             (s1_valid, s1_first, s1_last, s1_inside, s1_index, s1_pindex, s1_pfirst,
              s1_plast, s1_inwin, s1_rows, s1_baddr) = held
 
@@ -820,6 +845,18 @@ class Accelerator(wiring.Component):
             m.d.sync += nt.eq(w_tag)
             w_tag = nt
         w_valid = lanes[0].o.valid
+        lane_value = [lane.o.p.value for lane in lanes]
+        lane_sat = [lane.o.p.saturated for lane in lanes]
+        if cfg.registered_memories:
+            # the lanes' results pass a register before the running maximum's compare
+            # (one more cycle per step): routing from the lanes into the compare, its
+            # carry chain and the multiplexer were the ECP5 critical path
+            q_valid, q_tag = Signal(name="lane_valid_q"), Signal.like(w_tag, name="lane_tag_q")
+            q_value = [Signal(signed(aw), name=f"lane_{j}_value_q") for j in range(C)]
+            q_sat = [Signal(name=f"lane_{j}_sat_q") for j in range(C)]
+            m.d.sync += [q_valid.eq(w_valid), q_tag.eq(w_tag)]
+            m.d.sync += [q.eq(v) for q, v in zip(q_value + q_sat, lane_value + lane_sat)]
+            w_valid, w_tag, lane_value, lane_sat = q_valid, q_tag, q_value, q_sat
         w_write = w_tag.write
 
         # writer: the running maximum of each row's pooling window (one value per row and
@@ -830,7 +867,7 @@ class Accelerator(wiring.Component):
                 for r in range(prows)]
         wvalue = []
         for j in range(C):
-            v = lanes[j].o.p.value
+            v = lane_value[j]
             mx = Signal(signed(aw), name=f"wmax_{j}")
             if ws:
                 old = Array(pmax[r][j] for r in range(prows))[w_tag.row]
@@ -841,7 +878,9 @@ class Accelerator(wiring.Component):
                 # and its routing were the iCE40 critical path).  A pooling pass's rows
                 # start their windows (pfirst), so they may turn it any number of times.
                 old = pmax[0][j]
-            m.d.comb += mx.eq(Mux(w_tag.pfirst | (v > old), v, old))
+            # (a row that is not written keeps ``old``: the maximum is only stored, or
+            # written, for written rows, so one multiplexer serves the ring and the write)
+            m.d.comb += mx.eq(Mux(w_write & (w_tag.pfirst | (v > old)), v, old))
             wvalue.append(mx)
             if ws:
                 with m.If(w_valid & w_write):
@@ -852,7 +891,7 @@ class Accelerator(wiring.Component):
             else:
                 with m.If(w_valid):
                     m.d.sync += [pmax[r][j].eq(pmax[r + 1][j]) for r in range(R - 1)]
-                    m.d.sync += pmax[R - 1][j].eq(Mux(w_write, mx, old))
+                    m.d.sync += pmax[R - 1][j].eq(mx)
         write_en = Signal()
         m.d.comb += write_en.eq(w_valid & w_write & w_tag.inwin & w_tag.plast)
         write_addr = Signal(_u(P.act_words - 1))
@@ -863,7 +902,18 @@ class Accelerator(wiring.Component):
         m.d.sync += in_batch.eq(Cat(j < self.images for j in range(C)))
         sat_count = Signal(range(C + 1))
         m.d.comb += sat_count.eq(sum(
-            (lanes[j].o.p.saturated & in_batch[j]) for j in range(C)))
+            (lane_sat[j] & in_batch[j]) for j in range(C)))
+
+        # Registered memories: the write (enable, address, value) passes a register, and
+        # the step's end with it (one more cycle per step): into the block RAM's data
+        # inputs behind the running maximum's compare and multiplexer was the ECP5
+        # critical path.
+        if cfg.registered_memories:
+            q_en, q_addr = Signal(name="write_en_q"), Signal.like(write_addr, name="write_addr_q")
+            q_value = [Signal(signed(aw), name=f"wvalue_{j}_q") for j in range(C)]
+            m.d.sync += [q_en.eq(write_en), q_addr.eq(write_addr)]
+            m.d.sync += [q.eq(v) for q, v in zip(q_value, wvalue)]
+            write_en, write_addr, wvalue = q_en, q_addr, q_value
 
         # -- steps: rows written, completion --------------------------------------------
         rows_done = Signal.like(p.rows)
@@ -872,7 +922,10 @@ class Accelerator(wiring.Component):
         # the step's end does not wait for a comparison (with the step-constant load it
         # was the iCE40 critical path); same cycle as comparing rows_done directly
         at_last = Signal()
-        m.d.comb += step_done.eq(w_valid & at_last)
+        if cfg.registered_memories:
+            m.d.sync += step_done.eq(w_valid & at_last)     # with the registered write
+        else:
+            m.d.comb += step_done.eq(w_valid & at_last)
         with m.If(w_valid):
             m.d.sync += [rows_done.eq(rows_done + 1), at_last.eq(rows_done + 2 == p.rows)]
 
@@ -915,6 +968,8 @@ class Accelerator(wiring.Component):
         ]
         for j in range(C):
             m.d.comb += self.o.p.values[j].eq(banks[j][0].data)
+        # registered memories: the word read in the cycle before o_valid's (stage 1 of two)
+        o_pending, o_pending_last = Signal(), Signal()
 
         with m.If(state == ST["LOAD"]):
             m.d.comb += self.i.ready.eq(1)
@@ -994,12 +1049,26 @@ class Accelerator(wiring.Component):
                         load_step(step + 1)
             with m.Case(ST["OUTPUT"]):
                 m.d.comb += [act_addr.eq(P.output_base + out_count), act_en.eq(o_advance)]
-                with m.If(o_advance):
-                    with m.If(out_count == P.output_words):
-                        m.d.sync += [o_valid.eq(0), state.eq(ST["LOAD"])]
-                    with m.Else():
-                        m.d.sync += [o_valid.eq(1), o_last.eq(out_count == P.output_words - 1),
-                                     out_count.eq(out_count + 1)]
+                if cfg.registered_memories:
+                    # two read stages, both moved by o_advance
+                    with m.If(o_advance):
+                        m.d.sync += [o_valid.eq(o_pending), o_last.eq(o_pending_last)]
+                        with m.If(out_count == P.output_words):
+                            m.d.sync += o_pending.eq(0)
+                            with m.If(~o_pending):
+                                m.d.sync += state.eq(ST["LOAD"])
+                        with m.Else():
+                            m.d.sync += [o_pending.eq(1),
+                                         o_pending_last.eq(out_count == P.output_words - 1),
+                                         out_count.eq(out_count + 1)]
+                else:
+                    with m.If(o_advance):
+                        with m.If(out_count == P.output_words):
+                            m.d.sync += [o_valid.eq(0), state.eq(ST["LOAD"])]
+                        with m.Else():
+                            m.d.sync += [o_valid.eq(1),
+                                         o_last.eq(out_count == P.output_words - 1),
+                                         out_count.eq(out_count + 1)]
         return m
 
     def _ws_datapath(self, m, P, p, run, issued, banks, w_rd, b_rd, gen):

@@ -104,12 +104,14 @@ class ArrayConfig:
         operand registers, the area of a small iCE40 array; see
         :class:`~systolic.rtl.array.BroadcastGrid`).  Same results, the array's latency
         differs (:func:`~systolic.rtl.array.array_latency`).
-    registered_reads : bool
+    registered_memories : bool
         Output-stationary only: the activation and weight memories' read data pass a
-        register before the beat's multiplexers and the pooling compare, one more
-        pipeline stage and one more cycle per step (:attr:`Program.read_latency`).  For
-        the ECP5 presets: a DP16KD block RAM's clock-to-output is 5.8 ns of the 8 ns
-        period at 125 MHz.
+        register before the beat's multiplexers and the pooling compare (the activation
+        banks' is the block RAM's own output register on the ECP5,
+        :class:`~systolic.rtl.bram.RegisteredReadMemory`), and the lanes' results and
+        the output writes pass one each before the banks: three more cycles per step
+        (:attr:`Program.read_latency`, :attr:`Program.write_latency`).  For the ECP5 presets: a DP16KD block RAM's
+        clock-to-output is 5.8 ns of the 8 ns period at 125 MHz without its register.
 
     Raises
     ------
@@ -127,7 +129,7 @@ class ArrayConfig:
     fuse_pool: bool = True
     weight_memory: str = "bram"
     interconnect: str = "systolic"
-    registered_reads: bool = False
+    registered_memories: bool = False
 
     def __post_init__(self):
         check_int("Array rows", self.rows, 1, MAX_SIZE)
@@ -150,10 +152,10 @@ class ArrayConfig:
         if not isinstance(self.fuse_pool, bool):
             raise TypeError(f"Fuse pool must be a bool, not {self.fuse_pool!r}")
         check_rounds_per_stage(self.rounds_per_stage)
-        if not isinstance(self.registered_reads, bool):
-            raise TypeError(f"Registered reads must be a bool, not {self.registered_reads!r}")
-        if self.registered_reads and self.dataflow != "os":
-            raise ValueError(f"Registered reads are implemented for the output-stationary "
+        if not isinstance(self.registered_memories, bool):
+            raise TypeError(f"Registered memories must be a bool, not {self.registered_memories!r}")
+        if self.registered_memories and self.dataflow != "os":
+            raise ValueError(f"Registered memories are implemented for the output-stationary "
                              f"dataflow, not {self.dataflow!r}")
         for name in ("weight_memory_bits", "activation_memory_bits"):
             if getattr(self, name) is not None:
@@ -173,8 +175,8 @@ class ArrayConfig:
         parts.append(f"{self.multiplier} multipliers")
         if self.weight_memory != "bram":
             parts.append(f"weights in {self.weight_memory}")
-        if self.registered_reads:
-            parts.append("registered reads")
+        if self.registered_memories:
+            parts.append("registered memories")
         return f"{self.rows}x{self.cols} array ({', '.join(parts)})"
 
     @classmethod
@@ -402,13 +404,19 @@ class Program:
     @property
     def read_latency(self):
         """Cycles the memories' read data wait in a register before use: 1 with
-        ``registered_reads`` (one more cycle per step), else 0."""
-        return int(self.config.registered_reads)
+        ``registered_memories``, else 0."""
+        return int(self.config.registered_memories)
+
+    @property
+    def write_latency(self):
+        """Cycles a row's write waits in registers: 2 with ``registered_memories`` (the
+        lanes' results before the running maximum, the write after it), else 0."""
+        return 2 * int(self.config.registered_memories)
 
     @property
     def output_latency(self):
         """Cycles from a row entering the output path to its write (inclusive)."""
-        return 1 + self.sr_latency + LANE_LATENCY
+        return 1 + self.sr_latency + LANE_LATENCY + self.write_latency
 
     def step_cycles(self, step):
         """Exact cycles of one step, from its first cycle (the key schedule's start) to

@@ -121,21 +121,22 @@ def test_random_network_bit_exact(seed, rows, cols, fuse, interconnect):
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("seed,rows,cols", CASES[1:6], ids=[f"seed={s}-{r}x{c}"
                                                           for s, r, c in CASES[1:6]])
-def test_registered_reads_bit_exact(seed, rows, cols, fuse, interconnect):
-    """The ECP5 presets' extra read stage: same outputs, one more cycle per step (the
-    cycle model's ``read_latency``), fused and separate pooling passes."""
+def test_registered_memories_bit_exact(seed, rows, cols, fuse, interconnect):
+    """The ECP5 presets' registered memories: same outputs, three more cycles per step
+    (the cycle model's ``read_latency`` and ``write_latency``), fused and separate
+    pooling passes."""
     rng = np.random.default_rng(seed)
     net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
     program = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=fuse,
                                                interconnect=interconnect,
-                                               registered_reads=True))
+                                               registered_memories=True))
     plain = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=fuse,
                                              interconnect=interconnect))
-    assert program.cycles == plain.cycles + len(program.steps)
+    assert program.cycles == plain.cycles + 3 * len(program.steps)
     check(program, random_input(rng, net, cols))
 
 
-def test_registered_reads_cover_pooling_passes():
+def test_registered_memories_cover_pooling_passes():
     """The cases above include a separate pooling pass and a fused pool."""
     kinds = set()
     for (seed, rows, cols), fuse in itertools.product(CASES[1:6], [True, False]):
@@ -184,7 +185,7 @@ def test_input_gaps_and_output_backpressure(seed, interconnect):
     net = random_network(rng, max_layers=2, max_size=6, max_channels=3)
     interconnect, _, registered = interconnect.partition("-")
     program = compile_network(net, ArrayConfig(rows=3, cols=2, interconnect=interconnect,
-                                               registered_reads=bool(registered)))
+                                               registered_memories=bool(registered)))
     counters, _ = check(program, random_input(rng, net, 2), gaps=np.random.default_rng(seed),
                         stalls=np.random.default_rng(seed + 1))
     assert counters.get("gaps", 0) > 0 and counters.get("stalls", 0) > 0, counters
@@ -210,11 +211,13 @@ def _new_weights(rng, net):
     return replace(net, layers=tuple(layers), name="retrained")
 
 
+@pytest.mark.parametrize("registered", [False, True], ids=["plain", "registered"])
 @pytest.mark.parametrize("seed", [21, 22], ids=lambda s: f"seed={s}")
-def test_weights_loaded_at_run_time(seed):
+def test_weights_loaded_at_run_time(seed, registered):
     rng = np.random.default_rng(seed)
     net = random_network(rng, max_layers=2, max_size=6, max_channels=4)
-    program = compile_network(net, ArrayConfig(rows=3, cols=2))
+    program = compile_network(net, ArrayConfig(rows=3, cols=2,
+                                               registered_memories=registered))
     other = _new_weights(rng, net)
     x = random_input(rng, net, 2)
     assert not np.array_equal(run(net, x).tensors[1], run(other, x).tensors[1])

@@ -37,9 +37,9 @@ def small_net(*extra, stochastic=False):
     (dict(multiplier="dsp"), ValueError, r"Multiplier must be one of"),
     (dict(stochastic=1), TypeError, r"Stochastic must be a bool, not 1"),
     (dict(fuse_pool="yes"), TypeError, r"Fuse pool must be a bool, not 'yes'"),
-    (dict(registered_reads=1), TypeError, r"Registered reads must be a bool, not 1"),
-    (dict(registered_reads=True, dataflow="ws"), ValueError,
-     r"Registered reads are implemented for the output-stationary dataflow, not 'ws'"),
+    (dict(registered_memories=1), TypeError, r"Registered memories must be a bool, not 1"),
+    (dict(registered_memories=True, dataflow="ws"), ValueError,
+     r"Registered memories are implemented for the output-stationary dataflow, not 'ws'"),
     (dict(weight_memory="flash"), ValueError, r"Weight memory must be one of bram, spram, "
                                               r"auto, not 'flash'"),
     (dict(interconnect="mesh"), ValueError, r"Interconnect must be one of systolic, "

