@@ -61,6 +61,12 @@ header_layout = data.StructLayout({"cmd": 8, "seq": 8, "length": 8})
 _CRC = crc.catalog.CRC16_CCITT_FALSE(data_width=8)
 
 
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {value!r}")
+    return value
+
+
 def _check_descriptor(descriptor):
     if not isinstance(descriptor, Descriptor):
         raise TypeError(f"Descriptor must be a Descriptor, not {descriptor!r}")
@@ -326,6 +332,13 @@ class LinkEngine(wiring.Component):
     descriptor : Descriptor
         The device's descriptor (PING's answer); its ``rounding`` and ``seed`` are the
         registers' reset values.
+    registered_buffers : bool
+        Use the block RAMs' read data (frame and output buffers) and the accelerator's
+        output beats only from registers: a byte is range-checked a cycle after it is
+        read, output beats and response bytes are latched before use (a few cycles more
+        per response).  For the ECP5, whose DP16KD read (5.8 ns clock-to-output) leaves
+        ~2 ns of the 8 ns period; the iCE40 boards, at 42 MHz, save the ~50-90 logic
+        cells.
 
     Members
     -------
@@ -351,8 +364,9 @@ class LinkEngine(wiring.Component):
     are taken from ``accel.o`` in every cycle (``o.ready`` is always 1).
     """
 
-    def __init__(self, *, descriptor):
+    def __init__(self, *, descriptor, registered_buffers=False):
         self._descriptor = _check_descriptor(descriptor)
+        self._registered_buffers = _check_bool("Registered buffers", registered_buffers)
         super().__init__({
             "event": In(stream.Signature(event_layout)),
             "rd_addr": Out(8), "rd_data": In(8),
@@ -404,12 +418,16 @@ class LinkEngine(wiring.Component):
         outbuf = m.submodules.outbuf = memory.Memory(shape=unsigned(C * aw), depth=OW, init=[])
         out_wr = outbuf.write_port()
         out_rd = outbuf.read_port()
-        # through a register (the accelerator's ready is always high): its beat comes
-        # straight from its activation block RAMs, whose clock-to-output (5.8 ns on the
-        # ECP5) left too little of the period for the way into this buffer
-        o_valid = Signal()
-        o_values = Signal(C * aw)
-        m.d.sync += [o_valid.eq(acc.o.valid), o_values.eq(acc.o.payload.values)]
+        reg = self._registered_buffers
+        if reg:
+            # through a register (the accelerator's ready is always high): its beat comes
+            # straight from its activation block RAMs, whose clock-to-output (5.8 ns on
+            # the ECP5) left too little of the period for the way into this buffer
+            o_valid = Signal()
+            o_values = Signal(C * aw)
+            m.d.sync += [o_valid.eq(acc.o.valid), o_values.eq(acc.o.payload.values)]
+        else:
+            o_valid, o_values = acc.o.valid, acc.o.payload.values
         m.d.comb += [acc.o.ready.eq(1), out_wr.addr.eq(produced), out_wr.data.eq(o_values)]
         with m.If(o_valid & (produced < OW)):
             m.d.comb += out_wr.en.eq(1)
@@ -443,7 +461,7 @@ class LinkEngine(wiring.Component):
                          + [acc.saturations[l] for l in range(L)])
         status_word = Cat(running, done, acc.busy, Const(0, 5), loaded,
                           Const(0, 16 - len(loaded)), produced, Const(0, 16 - len(produced)))
-        out_word = Cat(word[:C * aw], Const(0, 8 * IB - C * aw))
+        out_word = Cat(word[:C * aw] if reg else out_rd.data, Const(0, 8 * IB - C * aw))
 
         S = STATUS
         Cm = COMMANDS
@@ -617,19 +635,22 @@ class LinkEngine(wiring.Component):
                     respond(S["UNKNOWN_COMMAND"])
 
             # SET_REGISTERS: rounding bytes 5..5+L-1 into a shadow, then all or nothing
-            # A byte is range-checked from its copy a cycle later: the check straight on
-            # the block RAM's output was the ECP5 critical path (DP16KD clock-to-output
-            # 5.8 ns of the 8 ns at 125 MHz).
             with m.State("REGS"):
                 m.d.comb += self.rd_addr.eq(6 + k)
-                m.d.sync += [shadow.eq(Cat(shadow[2:], self.rd_data[:2])), k.eq(k + 1),
-                             byte_r.eq(self.rd_data)]
-                with m.If((k != 0) & (byte_r > 2)):
-                    m.d.sync += bad.eq(1)
+                m.d.sync += [shadow.eq(Cat(shadow[2:], self.rd_data[:2])), k.eq(k + 1)]
+                if reg:
+                    # a byte is range-checked from its copy a cycle later: the check on
+                    # the block RAM's output was the ECP5 critical path
+                    m.d.sync += byte_r.eq(self.rd_data)
+                    with m.If((k != 0) & (byte_r > 2)):
+                        m.d.sync += bad.eq(1)
+                else:
+                    with m.If(self.rd_data > 2):
+                        m.d.sync += bad.eq(1)
                 with m.If(k == L - 1):
                     m.next = "REGS_COMMIT"
             with m.State("REGS_COMMIT"):
-                with m.If(bad | (byte_r > 2)):
+                with m.If(bad | (byte_r > 2) if reg else bad):
                     respond(S["BAD_ARG"])
                 with m.Else():
                     m.d.sync += [images.eq(arg[0]), seed.eq(args[8:40]), rounding.eq(shadow)]
@@ -697,13 +718,19 @@ class LinkEngine(wiring.Component):
                     m.next = "RESP0"      # the status is OK, set in DISPATCH
 
             # READ_OUTPUT: beats e..last_e, IB bytes each
-            # (the beat passes `word`: its bytes selected straight from the block RAM's
-            # output were an ECP5 timing path)
             with m.State("O_ADDR"):
-                m.next = "O_WORD"           # out_rd.data follows e one cycle later
-            with m.State("O_WORD"):
-                m.d.sync += [word.eq(out_rd.data), j.eq(0)]
-                m.next = "O_BYTES"
+                # out_rd.data follows e one cycle later; with registered buffers the beat
+                # passes `word` (its bytes selected straight from the block RAM's output
+                # were an ECP5 timing path)
+                if reg:
+                    m.next = "O_WORD"
+                else:
+                    m.d.sync += j.eq(0)
+                    m.next = "O_BYTES"
+            if reg:
+                with m.State("O_WORD"):
+                    m.d.sync += [word.eq(out_rd.data), j.eq(0)]
+                    m.next = "O_BYTES"
             with m.State("O_BYTES"):
                 write(wp, out_word.word_select(j, 8))
                 m.d.sync += [wp.eq(wp + 1), j.eq(j + 1)]
@@ -744,25 +771,40 @@ class LinkEngine(wiring.Component):
                              self.rd_addr.eq(0)]
                 with m.If(self.h.ready):
                     m.d.sync += k.eq(0)
-                    m.next = "NEXT"
-            # Each byte is read (NEXT), copied into a register (LATCH), then sent (BYTE):
-            # the byte straight from the block RAM's output through the encoder's
-            # handshake register was an ECP5 timing path (5.8 ns clock-to-output).
-            with m.State("NEXT"):
-                m.d.comb += self.rd_addr.eq(k)
-                m.next = "LATCH"
-            with m.State("LATCH"):
-                # rd_data is the byte at k (addressed in the previous cycle)
-                m.d.sync += byte_r.eq(self.rd_data)
-                m.next = "BYTE"
-            with m.State("BYTE"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte_r)]
-                with m.If(self.tx.ready):
-                    m.d.sync += k.eq(k + 1)
-                    with m.If(k == resp_last):
-                        m.next = "DONE"
-                    with m.Else():
-                        m.next = "NEXT"
+                    m.next = "NEXT" if reg else "BYTE"
+            if reg:
+                # Each byte is read (NEXT), copied into a register (LATCH), then sent
+                # (BYTE): the byte straight from the block RAM's output through the
+                # encoder's handshake register was an ECP5 timing path.
+                with m.State("NEXT"):
+                    m.d.comb += self.rd_addr.eq(k)
+                    m.next = "LATCH"
+                with m.State("LATCH"):
+                    # rd_data is the byte at k (addressed in the previous cycle)
+                    m.d.sync += byte_r.eq(self.rd_data)
+                    m.next = "BYTE"
+                with m.State("BYTE"):
+                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte_r)]
+                    with m.If(self.tx.ready):
+                        m.d.sync += k.eq(k + 1)
+                        with m.If(k == resp_last):
+                            m.next = "DONE"
+                        with m.Else():
+                            m.next = "NEXT"
+            else:
+                with m.State("BYTE"):
+                    # rd_data is the byte at k (addressed in the previous cycle)
+                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(self.rd_data),
+                                 self.rd_addr.eq(k)]
+                    with m.If(self.tx.ready):
+                        m.d.sync += k.eq(k + 1)
+                        with m.If(k == resp_last):
+                            m.next = "DONE"
+                        with m.Else():
+                            m.next = "NEXT"
+                with m.State("NEXT"):
+                    m.d.comb += self.rd_addr.eq(k)
+                    m.next = "BYTE"
             with m.State("DONE"):
                 m.d.comb += self.event.ready.eq(1)
                 m.next = "IDLE"
@@ -784,6 +826,8 @@ class LinkDevice(wiring.Component):
         Characters the RX FIFO holds while the engine is busy, at least 16.  The default,
         512 (one iCE40 block RAM), covers a whole frame arriving while the longest
         response is sent.
+    registered_buffers : bool
+        As :class:`LinkEngine`'s (the board top sets it on the ECP5).
 
     Members
     -------
@@ -806,8 +850,10 @@ class LinkDevice(wiring.Component):
         A parameter of the wrong type or out of range.
     """
 
-    def __init__(self, *, descriptor, divisor, gap_bits=1000, rx_depth=512):
+    def __init__(self, *, descriptor, divisor, gap_bits=1000, rx_depth=512,
+                 registered_buffers=False):
         self._descriptor = _check_descriptor(descriptor)
+        self._registered_buffers = _check_bool("Registered buffers", registered_buffers)
         self._divisor = check_int("UART divisor", divisor, lo=4)
         self._gap_bits = check_int("Gap timeout", gap_bits, lo=20)
         self._rx_depth = check_int("RX FIFO depth", rx_depth, lo=16)
@@ -842,7 +888,8 @@ class LinkDevice(wiring.Component):
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=rx_event_layout.size,
                                                     depth=self._rx_depth)
         m.submodules.decoder = dec = FrameDecoder()
-        m.submodules.engine = eng = LinkEngine(descriptor=self._descriptor)
+        m.submodules.engine = eng = LinkEngine(descriptor=self._descriptor,
+                                               registered_buffers=self._registered_buffers)
         m.submodules.encoder = enc = FrameEncoder()
         buf = m.submodules.buf = memory.Memory(shape=unsigned(8), depth=256, init=[])
         rd = buf.read_port()

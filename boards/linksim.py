@@ -38,17 +38,19 @@ class SimPort:
         stand-in).
     period : float
         Seconds per clock cycle.
+    registered_buffers : bool
+        The device's :class:`~.linkgw.LinkDevice` option (the ECP5 form).
     """
 
     def __init__(self, descriptor, *, divisor=4, gap_bits=40, rx_depth=512, accelerator=None,
-                 period=1e-6):
+                 period=1e-6, registered_buffers=False):
         self.descriptor = descriptor
         self.divisor = divisor
         self.period = period
         self.timeout = None
         self.now = 0.0
         self.link = LinkDevice(descriptor=descriptor, divisor=divisor, gap_bits=gap_bits,
-                               rx_depth=rx_depth)
+                               rx_depth=rx_depth, registered_buffers=registered_buffers)
         make = accelerator or (lambda d: StandInAccelerator(descriptor=d))
         self.accel = make(descriptor)
         self._reset = Signal()

@@ -234,7 +234,8 @@ class BoardTop(wiring.Component):
             sync.clk, sync.rst = self.clk, self.rst
         m.submodules.link = link = LinkDevice(
             descriptor=self._descriptor, divisor=self._divisor, gap_bits=self._gap_bits,
-            rx_depth=self._rx_depth)
+            rx_depth=self._rx_depth,
+            registered_buffers=self._target.device.family == "ecp5")
         accel = self._make_accel(self._program)
         # The accelerator runs in its own domain on the same clock, whose one reset is a
         # flip-flop: the board's reset (PLL lock) or the link's RESET, registered.  With

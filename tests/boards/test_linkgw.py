@@ -58,6 +58,8 @@ SHAPES = {
     (lambda d: LinkDevice(descriptor=d, divisor=4, rx_depth=None), TypeError,
      r"RX FIFO depth must be a positive integer, not None"),
     (lambda d: LinkEngine(descriptor="d"), TypeError, r"Descriptor must be a Descriptor, not 'd'"),
+    (lambda d: LinkDevice(descriptor=d, divisor=4, registered_buffers=1), TypeError,
+     r"Registered buffers must be a bool, not 1"),
     (lambda d: StandInAccelerator(descriptor=1), TypeError,
      r"Descriptor must be a Descriptor, not 1"),
     (lambda d: accelerator_signature(d.to_bytes()), TypeError,
@@ -221,9 +223,10 @@ class Script:
     """Host transmissions with faults, replayed into the gateware (through the UART pins)
     and into the model; both must answer the same bytes."""
 
-    def __init__(self, d):
+    def __init__(self, d, registered=False):
         self.d = d
-        self.port = SimPort(d, divisor=DIVISOR, gap_bits=GAP_BITS)
+        self.port = SimPort(d, divisor=DIVISOR, gap_bits=GAP_BITS,
+                            registered_buffers=registered)
         self.model = LinkModel(d, StandIn(d))
         self.expected = bytearray()
         self.stats = {}
@@ -308,10 +311,10 @@ def faulty(rng, frame):
     return str(kind), items
 
 
-def replay(seed, shape, transmissions=None):
+def replay(seed, shape, transmissions=None, registered=False):
     rng = np.random.default_rng(seed)
     d = descriptor(**SHAPES[shape])
-    script = Script(d)
+    script = Script(d, registered)
     kinds = set()
     seq = 0
     frames = session_frames(rng, d)
@@ -325,10 +328,12 @@ def replay(seed, shape, transmissions=None):
     return script, kinds
 
 
+@pytest.mark.parametrize("registered", [False, True], ids=["plain", "registered"])
 @pytest.mark.parametrize("seed, shape", list(enumerate(SHAPES)),
                          ids=lambda v: f"seed={v}" if isinstance(v, int) else v)
-def test_device_matches_model(seed, shape):
-    script, kinds = replay(seed, shape)
+def test_device_matches_model(seed, shape, registered):
+    """Both forms of the engine (``registered_buffers``: the ECP5 boards')."""
+    script, kinds = replay(seed, shape, registered=registered)
     stats = script.model.stats
     naks = sum(v for k, v in stats.items() if k.startswith("nak_"))
     assert stats["executed"] >= 8 and naks > 0 and len(kinds) >= 4, (stats, kinds)
@@ -344,10 +349,11 @@ def test_device_matches_model_more_seeds(seed):
 # -- the host against the gateware -----------------------------------------------------------
 
 @pytest.mark.parametrize("shape", ["1x1", "2x3"])
-def test_host_against_gateware(shape):
+@pytest.mark.parametrize("registered", [False, True], ids=["plain", "registered"])
+def test_host_against_gateware(shape, registered):
     d = descriptor(**SHAPES[shape])
     rng = np.random.default_rng(1)
-    port = SimPort(d, divisor=DIVISOR, gap_bits=GAP_BITS)
+    port = SimPort(d, divisor=DIVISOR, gap_bits=GAP_BITS, registered_buffers=registered)
     link = Link(port, timeout=0.01, clock=port.clock)
     assert link.identify() == d
     n = int(rng.integers(1, d.cols + 1))
