@@ -878,9 +878,7 @@ class Accelerator(wiring.Component):
                 # and its routing were the iCE40 critical path).  A pooling pass's rows
                 # start their windows (pfirst), so they may turn it any number of times.
                 old = pmax[0][j]
-            # (a row that is not written keeps ``old``: the maximum is only stored, or
-            # written, for written rows, so one multiplexer serves the ring and the write)
-            m.d.comb += mx.eq(Mux(w_write & (w_tag.pfirst | (v > old)), v, old))
+            m.d.comb += mx.eq(Mux(w_tag.pfirst | (v > old), v, old))
             wvalue.append(mx)
             if ws:
                 with m.If(w_valid & w_write):
@@ -891,7 +889,7 @@ class Accelerator(wiring.Component):
             else:
                 with m.If(w_valid):
                     m.d.sync += [pmax[r][j].eq(pmax[r + 1][j]) for r in range(R - 1)]
-                    m.d.sync += pmax[R - 1][j].eq(mx)
+                    m.d.sync += pmax[R - 1][j].eq(Mux(w_write, mx, old))
         write_en = Signal()
         m.d.comb += write_en.eq(w_valid & w_write & w_tag.inwin & w_tag.plast)
         write_addr = Signal(_u(P.act_words - 1))
