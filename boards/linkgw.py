@@ -772,38 +772,27 @@ class LinkEngine(wiring.Component):
                 with m.If(self.h.ready):
                     m.d.sync += k.eq(0)
                     m.next = "NEXT" if reg else "BYTE"
+            # Each byte is read (NEXT) and sent (BYTE); with registered buffers it is
+            # copied into a register (LATCH) in between: the byte straight from the block
+            # RAM's output through the encoder's handshake register was an ECP5 path.
+            with m.State("BYTE"):
+                # rd_data is the byte at k (addressed in the previous cycle)
+                m.d.comb += [self.tx.valid.eq(1),
+                             self.tx.payload.eq(byte_r if reg else self.rd_data)]
+                if not reg:
+                    m.d.comb += self.rd_addr.eq(k)
+                with m.If(self.tx.ready):
+                    m.d.sync += k.eq(k + 1)
+                    with m.If(k == resp_last):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "NEXT"
+            with m.State("NEXT"):
+                m.d.comb += self.rd_addr.eq(k)
+                m.next = "LATCH" if reg else "BYTE"
             if reg:
-                # Each byte is read (NEXT), copied into a register (LATCH), then sent
-                # (BYTE): the byte straight from the block RAM's output through the
-                # encoder's handshake register was an ECP5 timing path.
-                with m.State("NEXT"):
-                    m.d.comb += self.rd_addr.eq(k)
-                    m.next = "LATCH"
                 with m.State("LATCH"):
-                    # rd_data is the byte at k (addressed in the previous cycle)
                     m.d.sync += byte_r.eq(self.rd_data)
-                    m.next = "BYTE"
-                with m.State("BYTE"):
-                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(byte_r)]
-                    with m.If(self.tx.ready):
-                        m.d.sync += k.eq(k + 1)
-                        with m.If(k == resp_last):
-                            m.next = "DONE"
-                        with m.Else():
-                            m.next = "NEXT"
-            else:
-                with m.State("BYTE"):
-                    # rd_data is the byte at k (addressed in the previous cycle)
-                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(self.rd_data),
-                                 self.rd_addr.eq(k)]
-                    with m.If(self.tx.ready):
-                        m.d.sync += k.eq(k + 1)
-                        with m.If(k == resp_last):
-                            m.next = "DONE"
-                        with m.Else():
-                            m.next = "NEXT"
-                with m.State("NEXT"):
-                    m.d.comb += self.rd_addr.eq(k)
                     m.next = "BYTE"
             with m.State("DONE"):
                 m.d.comb += self.event.ready.eq(1)
