@@ -122,10 +122,12 @@ _ICE40 = {
 
 # ECP5 presets, for 125 MHz: the stochastic-rounding generator computes one round per
 # pipeline stage (nine stages; three rounds per stage, three 16-bit add-rotate-xor rounds
-# in series, were a 10.9 ns path), and the memories' read data pass a register before
-# the beat's logic (a DP16KD's clock-to-output is 5.8 ns of the 8 ns period).
+# in series, were a 10.9 ns path), the memories' read data pass a register before the
+# beat's logic (a DP16KD's clock-to-output is 5.8 ns of the 8 ns period), and each
+# product one between its DSP block and the accumulator (6.7 ns of routing on the 85F).
 def _ecp5(rows, cols):
-    return ArrayConfig(rows=rows, cols=cols, rounds_per_stage=1, registered_memories=True)
+    return ArrayConfig(rows=rows, cols=cols, rounds_per_stage=1, registered_memories=True,
+                       product_register=True)
 
 
 BOARDS = {

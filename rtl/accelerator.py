@@ -636,6 +636,7 @@ class Accelerator(wiring.Component):
             array = m.submodules.array = SystolicArray(
                 rows=R, cols=C, in_width=ww, weight_width=aw, dataflow="os",
                 multiplier=cfg.multiplier, acc_width=accw, interconnect=cfg.interconnect,
+                product_register=cfg.product_register,
                 max_reduction=max([s.reduction for s in steps if s.kind == "matmul"] or [1]))
             # A tile's metadata waits here for its rows.  It carries the bias word's address,
             # not the R biases, and indices only as wide as the largest tensor: on the iCE40

@@ -112,7 +112,7 @@ class OutputStationaryGrid(_Grid):
     ----------
     rows, cols : int
         1..32.
-    in_width, weight_width, acc_width, multiplier
+    in_width, weight_width, acc_width, multiplier, product_register
         As :class:`SystolicArray`; the grid itself only checks that ``acc_width`` holds
         one product (the array sizes it for the longest reduction).
 
@@ -140,7 +140,7 @@ class OutputStationaryGrid(_Grid):
     """
 
     def __init__(self, *, rows, cols, in_width, weight_width, acc_width,
-                 multiplier="inferred"):
+                 multiplier="inferred", product_register=False):
         _check_grid(rows, cols, in_width, weight_width, acc_width, multiplier)
         super().__init__(rows=rows, cols=cols, in_width=in_width, weight_width=weight_width,
                          acc_width=acc_width, multiplier=multiplier, members={
@@ -152,6 +152,7 @@ class OutputStationaryGrid(_Grid):
                              "out": Out(data.ArrayLayout(
                                  tagged_layout(signed(acc_width)), cols)),
                          })
+        self._pe_kwargs["product_register"] = product_register
 
     def elaborate(self, platform):
         m = Module()
@@ -353,6 +354,10 @@ class SystolicArray(wiring.Component):
         ``"systolic"`` (default: operands hop from PE to PE through skew and deskew
         buffers) or ``"broadcast"`` (output-stationary only, :class:`BroadcastGrid`: each
         operand reaches its whole row or column in the same cycle; latency 3).
+    product_register : bool
+        Output-stationary systolic only: one more register between each PE's multiplier
+        and its accumulator (:class:`~.pe.OutputStationaryPE`), one more cycle of
+        latency.  For large ECP5 arrays, whose DSP blocks spread over the die.
 
     Members
     -------
@@ -418,13 +423,14 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, *, rows, cols, in_width=8, weight_width=8, dataflow="os",
                  multiplier="inferred", max_reduction=None, acc_width=None,
-                 interconnect="systolic"):
+                 interconnect="systolic", product_register=False):
         _size("Array rows", rows)
         _size("Array columns", cols)
         _operand_width("Input width", in_width)
         _operand_width("Weight width", weight_width)
         _choice("Dataflow", dataflow, DATAFLOWS)
         check_interconnect(interconnect, dataflow)
+        check_product_register(product_register, dataflow, interconnect)
         check_multiplier(multiplier, in_width, weight_width, names=("Input", "Weight"))
         if max_reduction is None:
             max_reduction = DEFAULT_MAX_REDUCTION if dataflow == "os" else rows
@@ -445,6 +451,7 @@ class SystolicArray(wiring.Component):
         self._dataflow, self._multiplier = dataflow, multiplier
         self._max_reduction, self._acc_width = max_reduction, acc_width
         self._interconnect = interconnect
+        self._product_register = product_register
 
         a = data.ArrayLayout(signed(in_width), rows)
         members = {}
@@ -466,11 +473,13 @@ class SystolicArray(wiring.Component):
     max_reduction = property(lambda self: self._max_reduction)
     acc_width = property(lambda self: self._acc_width)
     interconnect = property(lambda self: self._interconnect)
+    product_register = property(lambda self: self._product_register)
 
     @property
     def latency(self):
         """Cycles from accepting a beat (an OS tile's last) to its first output valid."""
-        return array_latency(self._rows, self._cols, self._interconnect)
+        return array_latency(self._rows, self._cols, self._interconnect,
+                             self._product_register)
 
     def tile_period(self, reduction):
         """Output-stationary: cycles between tiles of ``reduction`` beats, back to back."""
@@ -495,7 +504,8 @@ class SystolicArray(wiring.Component):
         wiring.connect(m, deskew.o, wiring.flipped(self.o))
 
         if self._dataflow == "os":
-            grid = m.submodules.grid = OutputStationaryGrid(**grid_kwargs)
+            grid = m.submodules.grid = OutputStationaryGrid(
+                **grid_kwargs, product_register=self._product_register)
             skew_a = m.submodules.skew_a = Skew(shape=os_lane_layout(self._in_width),
                                                 lanes=R)
             skew_b = m.submodules.skew_b = Skew(shape=signed(self._weight_width), lanes=C)
@@ -601,8 +611,19 @@ def check_interconnect(interconnect, dataflow):
                          f"not {dataflow!r}")
 
 
-def array_latency(rows, cols, interconnect="systolic"):
+def array_latency(rows, cols, interconnect="systolic", product_register=False):
     """Cycles from the array accepting an output-stationary tile's last beat to its first
     result row being valid: ``R + C + 3`` systolic (skew, hops, PE stages, deskew), 3
-    broadcast (the PE stages only)."""
-    return 3 if interconnect == "broadcast" else rows + cols + 3
+    broadcast (the PE stages only); one more with the PEs' product register."""
+    return (3 if interconnect == "broadcast" else rows + cols + 3) + int(product_register)
+
+
+def check_product_register(value, dataflow, interconnect):
+    """Raise unless ``value`` is a bool, and True only for an output-stationary systolic
+    array (the PE that has it)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"Product register must be a bool, not {value!r}")
+    if value and (dataflow != "os" or interconnect != "systolic"):
+        raise ValueError(f"Product register is implemented for the output-stationary "
+                         f"systolic array, not {dataflow} {interconnect}")
+    return value

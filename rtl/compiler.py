@@ -43,7 +43,7 @@ from systolic.golden.ops import align_bias, clamp_bounds
 
 from ._params import check_int
 from .array import (DATAFLOWS, INTERCONNECTS, MAX_SIZE, array_latency,
-                    check_interconnect)
+                    check_interconnect, check_product_register)
 from .mac import MULTIPLIERS
 from .requant import requant_config
 from .srgen import check_rounds_per_stage, pipeline_stages
@@ -112,6 +112,11 @@ class ArrayConfig:
         the output writes pass one each before the banks: three more cycles per step
         (:attr:`Program.read_latency`, :attr:`Program.write_latency`).  For the ECP5 presets: a DP16KD block RAM's
         clock-to-output is 5.8 ns of the 8 ns period at 125 MHz without its register.
+    product_register : bool
+        Output-stationary systolic only: one more register between each PE's multiplier
+        and its accumulator, one more cycle of array latency
+        (:func:`~systolic.rtl.array.array_latency`).  For the ECP5 presets, whose DSP
+        blocks spread over the die.
 
     Raises
     ------
@@ -130,6 +135,7 @@ class ArrayConfig:
     weight_memory: str = "bram"
     interconnect: str = "systolic"
     registered_memories: bool = False
+    product_register: bool = False
 
     def __post_init__(self):
         check_int("Array rows", self.rows, 1, MAX_SIZE)
@@ -154,6 +160,7 @@ class ArrayConfig:
         check_rounds_per_stage(self.rounds_per_stage)
         if not isinstance(self.registered_memories, bool):
             raise TypeError(f"Registered memories must be a bool, not {self.registered_memories!r}")
+        check_product_register(self.product_register, self.dataflow, self.interconnect)
         if self.registered_memories and self.dataflow != "os":
             raise ValueError(f"Registered memories are implemented for the output-stationary "
                              f"dataflow, not {self.dataflow!r}")
@@ -177,6 +184,8 @@ class ArrayConfig:
             parts.append(f"weights in {self.weight_memory}")
         if self.registered_memories:
             parts.append("registered memories")
+        if self.product_register:
+            parts.append("product register")
         return f"{self.rows}x{self.cols} array ({', '.join(parts)})"
 
     @classmethod
@@ -437,7 +446,8 @@ class Program:
             k = step.reduction
             issue = (step.tiles - 1) * max(k, R) + k          # beats accepted
             # last beat -> last row out
-            array = array_latency(R, C, self.config.interconnect) + R - 1
+            array = array_latency(R, C, self.config.interconnect,
+                                  self.config.product_register) + R - 1
             return setup + 1 + self.read_latency + issue + array + self.output_latency
         beats = step.tiles * step.reduction
         return setup + 1 + self.read_latency + beats + 1 + self.output_latency

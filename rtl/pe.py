@@ -118,6 +118,9 @@ class OutputStationaryPE(_PE):
         sizes it so that no reduction it accepts can overflow.
     multiplier : str
         One of :data:`PE_MULTIPLIERS`.
+    product_register : bool
+        One more register between the multiplier and the accumulator (latency 4): for
+        the ECP5, whose DSP blocks can sit far from their accumulators.
 
     Members
     -------
@@ -166,10 +169,14 @@ class OutputStationaryPE(_PE):
     Throughput: one MAC per enabled cycle.
     """
 
-    def __init__(self, *, in_width, weight_width, acc_width, multiplier="inferred"):
+    def __init__(self, *, in_width, weight_width, acc_width, multiplier="inferred",
+                 product_register=False):
         _operand_width("Input width", in_width)
         _operand_width("Weight width", weight_width)
         check_int("Accumulator width", acc_width)
+        if not isinstance(product_register, bool):
+            raise TypeError(f"Product register must be a bool, not {product_register!r}")
+        self._product_register = product_register
         slot = tagged_layout(signed(acc_width))
         super().__init__(in_width=in_width, weight_width=weight_width, acc_width=acc_width,
                          multiplier=multiplier, members={
@@ -184,6 +191,14 @@ class OutputStationaryPE(_PE):
                              "drain_out": Out(slot),
                          })
 
+    product_register = property(lambda self: self._product_register)
+
+    @property
+    def latency(self):
+        """Enabled edges from sampling the inputs to the accumulator: 3, or 4 with the
+        product register."""
+        return 3 + int(self._product_register)
+
     def elaborate(self, platform):
         m = Module()
         a_r = Signal.like(self.a_out)
@@ -195,17 +210,29 @@ class OutputStationaryPE(_PE):
         slot = Signal.like(self.drain_out)
 
         product = self._product(m, self.a_in.value, self.b_in)
+        if self._product_register:
+            # One more register between the multiplier and the accumulator, the flags
+            # with it: on the ECP5 the DSP blocks are spread over the die, and the route
+            # from a MULT18X18D's output to its PE's accumulator was 6.7 ns of an 11.2 ns
+            # path (ULX3S-85F, 16x8).
+            p_q = Signal.like(product, name="product_q", reset_less=True)
+            v_q, l_q = Signal(name="valid_q"), Signal(name="last_q")
+            with m.If(self.en):
+                m.d.sync += [p_q.eq(product), v_q.eq(valid2), l_q.eq(last2)]
+            product, use_valid, use_last = p_q, v_q, l_q
+        else:
+            use_valid, use_last = valid2, last2
         total = Signal(signed(self._acc_width))
         m.d.comb += [
             total.eq(Mux(fresh, product, acc + product)),
-            self.done.eq(valid2 & last2),
+            self.done.eq(use_valid & use_last),
             self.a_out.eq(a_r), self.b_out.eq(b_r), self.drain_out.eq(slot),
         ]
         with m.If(self.en):
             m.d.sync += [a_r.eq(self.a_in), b_r.eq(self.b_in),
                          valid2.eq(a_r.valid), last2.eq(a_r.last)]
-            with m.If(valid2):
-                m.d.sync += [acc.eq(total), fresh.eq(last2)]
+            with m.If(use_valid):
+                m.d.sync += [acc.eq(total), fresh.eq(use_last)]
             # The slot: own sum on completion; otherwise shift down while draining.
             with m.If(self.done):
                 m.d.sync += slot.value.eq(total)

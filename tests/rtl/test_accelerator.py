@@ -148,6 +148,21 @@ def test_registered_memories_cover_pooling_passes():
     assert {"pool", "fused"} <= kinds, kinds
 
 
+@pytest.mark.parametrize("seed,rows,cols", CASES[1:6], ids=[f"seed={s}-{r}x{c}"
+                                                          for s, r, c in CASES[1:6]])
+def test_product_register_bit_exact(seed, rows, cols):
+    """The ECP5 presets' PE product register: same outputs, one more cycle of array
+    latency per matmul step."""
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
+    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, product_register=True,
+                                               registered_memories=True))
+    plain = compile_network(net, ArrayConfig(rows=rows, cols=cols, registered_memories=True))
+    mm = sum(s.kind == "matmul" for s in program.steps)
+    assert mm > 0 and program.cycles == plain.cycles + mm
+    check(program, random_input(rng, net, cols))
+
+
 @pytest.mark.parametrize("mode", ROUNDING_MODES)
 def test_rounding_register_overrides_every_layer(mode):
     rng = np.random.default_rng(11)
@@ -178,14 +193,16 @@ def test_fused_pool_with_dropped_rows_and_columns(dataflow):
     assert want.saturations[0] > 0, "the conv should saturate somewhere"
 
 
-@pytest.mark.parametrize("interconnect", ["systolic", "broadcast", "systolic-registered"])
+@pytest.mark.parametrize("interconnect", ["systolic", "broadcast", "systolic-registered",
+                                          "systolic-registered-product"])
 @pytest.mark.parametrize("seed", [3, 4], ids=lambda s: f"seed={s}")
 def test_input_gaps_and_output_backpressure(seed, interconnect):
     rng = np.random.default_rng(seed)
     net = random_network(rng, max_layers=2, max_size=6, max_channels=3)
-    interconnect, _, registered = interconnect.partition("-")
+    interconnect, *options = interconnect.split("-")
     program = compile_network(net, ArrayConfig(rows=3, cols=2, interconnect=interconnect,
-                                               registered_memories=bool(registered)))
+                                               registered_memories="registered" in options,
+                                               product_register="product" in options))
     counters, _ = check(program, random_input(rng, net, 2), gaps=np.random.default_rng(seed),
                         stalls=np.random.default_rng(seed + 1))
     assert counters.get("gaps", 0) > 0 and counters.get("stalls", 0) > 0, counters

@@ -96,11 +96,11 @@ def check_coverage(logs, idle, stall, inputs):
 
 def run_os(rows, cols, ks, *, in_width=8, weight_width=8, multiplier="inferred",
            idle="none", stall="none", seed=0, extreme=None, max_reduction=None,
-           interconnect="systolic"):
+           interconnect="systolic", product_register=False):
     rng = np.random.default_rng(seed)
     dut = SystolicArray(rows=rows, cols=cols, in_width=in_width, weight_width=weight_width,
                         dataflow="os", multiplier=multiplier, max_reduction=max_reduction,
-                        interconnect=interconnect)
+                        interconnect=interconnect, product_register=product_register)
     tiles = []
     for t, k in enumerate(ks):
         ex_a, ex_b = {"min": ("min", "min"), "mixed": ("min", "max"), None: (None, None),
@@ -143,13 +143,15 @@ def pattern_cases():
     return cases
 
 
-@pytest.mark.parametrize("interconnect", INTERCONNECTS)
+@pytest.mark.parametrize("interconnect", INTERCONNECTS + ("systolic-product",))
 @pytest.mark.parametrize("rows, cols, idle, stall", pattern_cases())
 def test_os_back_pressure(rows, cols, idle, stall, interconnect):
     seed = 200 + PATTERNS.index(idle) * 5 + PATTERNS.index(stall)
+    interconnect, _, product = interconnect.partition("-")
     run_os(rows, cols, ks_for(rows) * 3, idle=idle, stall=stall,
-           seed=seed + 50 * INTERCONNECTS.index(interconnect),
-           multiplier=MULTIPLIERS[seed % 3], interconnect=interconnect)
+           seed=seed + 50 * INTERCONNECTS.index(interconnect) + 7 * bool(product),
+           multiplier=MULTIPLIERS[seed % 3], interconnect=interconnect,
+           product_register=bool(product))
 
 
 WIDTH_CASES = [(2, 2, "inferred"), (2, 2, "sb_mac16"), (16, 16, "inferred"),
@@ -193,16 +195,18 @@ def test_os_cycles_and_utilization():
     print(f"R=C=4, K=64, 8 tiles: {cycles} cycles, utilization {utilization:.1%}")
 
 
-@pytest.mark.parametrize("interconnect", INTERCONNECTS)
+@pytest.mark.parametrize("interconnect", INTERCONNECTS + ("systolic-product",))
 @pytest.mark.parametrize("rows, cols, k, tiles", [(4, 4, 2, 6), (3, 5, 16, 4), (1, 1, 1, 5),
                                                   (4, 4, 4, 4), (8, 2, 3, 5)])
 def test_os_cycles_formula(rows, cols, k, tiles, interconnect):
     """Tile period max(K, R) (short tiles are held back until the drain has passed);
     the first row leaves `latency` cycles after a tile's last beat (R + C + 3 systolic,
-    3 broadcast)."""
+    3 broadcast, one more with the PEs' product register)."""
+    interconnect, _, product = interconnect.partition("-")
     dut, _, _, transfers = run_os(rows, cols, [k] * tiles, seed=410 + k,
-                                  interconnect=interconnect)
-    assert dut.latency == (3 if interconnect == "broadcast" else rows + cols + 3)
+                                  interconnect=interconnect, product_register=bool(product))
+    assert dut.latency == (3 if interconnect == "broadcast" else rows + cols + 3) + \
+        bool(product)
     first = transfers["i"].cycles[0]
     assert transfers["o"].cycles[-1] - first + 1 == dut.os_cycles(tiles, k)
     last_beats = transfers["i"].cycles[k - 1::k]
