@@ -967,8 +967,6 @@ class Accelerator(wiring.Component):
         ]
         for j in range(C):
             m.d.comb += self.o.p.values[j].eq(banks[j][0].data)
-        # registered memories: the word read in the cycle before o_valid's (stage 1 of two)
-        o_pending, o_pending_last = Signal(), Signal()
 
         with m.If(state == ST["LOAD"]):
             m.d.comb += self.i.ready.eq(1)
@@ -1049,7 +1047,9 @@ class Accelerator(wiring.Component):
             with m.Case(ST["OUTPUT"]):
                 m.d.comb += [act_addr.eq(P.output_base + out_count), act_en.eq(o_advance)]
                 if cfg.registered_memories:
-                    # two read stages, both moved by o_advance
+                    # two read stages, both moved by o_advance: ``o_pending`` is the word
+                    # read in the cycle before o_valid's
+                    o_pending, o_pending_last = Signal(), Signal()
                     with m.If(o_advance):
                         m.d.sync += [o_valid.eq(o_pending), o_last.eq(o_pending_last)]
                         with m.If(out_count == P.output_words):

@@ -27,8 +27,9 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from ._params import check_int
+from .mac import is_ecp5
 
-__all__ = ["RegisteredReadMemory", "dp16kd_tiling", "is_ecp5"]
+__all__ = ["RegisteredReadMemory", "dp16kd_initvals", "dp16kd_tiling"]
 
 #: DP16KD aspect ratios: (data width, depth, address bits below the word address).  The
 #: DP16KD's 14 address pins count single bits; a word of width w is addressed above the
@@ -39,11 +40,6 @@ DP16KD_SHAPES = ((18, 1024, 4), (9, 2048, 3), (4, 4096, 2), (2, 8192, 1), (1, 16
 #: Builds the DP16KD instances; tests put an Amaranth model of the primitive here (Yosys
 #: has no simulation model of the DP16KD, only a black box).
 _instance = Instance
-
-
-def is_ecp5(platform):
-    """Whether ``platform`` is an Amaranth Lattice ECP5 platform."""
-    return getattr(platform, "family", None) == "ecp5"
 
 
 def dp16kd_tiling(width, depth, *, init=False):

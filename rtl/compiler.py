@@ -106,12 +106,13 @@ class ArrayConfig:
         differs (:func:`~systolic.rtl.array.array_latency`).
     registered_memories : bool
         Output-stationary only: the activation and weight memories' read data pass a
-        register before the beat's multiplexers and the pooling compare (the activation
-        banks' is the block RAM's own output register on the ECP5,
+        register before the beat's multiplexers and the pooling compare (in block RAM,
+        the RAM's own output register on the ECP5,
         :class:`~systolic.rtl.bram.RegisteredReadMemory`), and the lanes' results and
         the output writes pass one each before the banks: three more cycles per step
-        (:attr:`Program.read_latency`, :attr:`Program.write_latency`).  For the ECP5 presets: a DP16KD block RAM's
-        clock-to-output is 5.8 ns of the 8 ns period at 125 MHz without its register.
+        (:attr:`Program.read_latency`, :attr:`Program.write_latency`).  For the ECP5
+        presets: a DP16KD block RAM's clock-to-output is 5.8 ns of the 8 ns period at
+        125 MHz without its register.
     product_register : bool
         Output-stationary systolic only: one more register between each PE's multiplier
         and its accumulator, one more cycle of array latency
@@ -159,7 +160,8 @@ class ArrayConfig:
             raise TypeError(f"Fuse pool must be a bool, not {self.fuse_pool!r}")
         check_rounds_per_stage(self.rounds_per_stage)
         if not isinstance(self.registered_memories, bool):
-            raise TypeError(f"Registered memories must be a bool, not {self.registered_memories!r}")
+            raise TypeError(f"Registered memories must be a bool, not "
+                            f"{self.registered_memories!r}")
         check_product_register(self.product_register, self.dataflow, self.interconnect)
         if self.registered_memories and self.dataflow != "os":
             raise ValueError(f"Registered memories are implemented for the output-stationary "

@@ -48,7 +48,7 @@ from systolic.golden.qformat import MAX_WIDTH, MIN_WIDTH
 from ._params import check_int
 
 __all__ = ["MULTIPLIERS", "SB_MAC16_DUAL_8X8", "Dual8x8", "Multiplier", "check_multiplier",
-           "is_ice40"]
+           "is_ecp5", "is_ice40"]
 
 #: Multiplier implementations, by name.
 MULTIPLIERS = ("inferred", "lut", "sb_mac16")
@@ -111,6 +111,11 @@ def is_ice40(platform):
         return False
     from amaranth.vendor import SiliconBluePlatform
     return isinstance(platform, SiliconBluePlatform)
+
+
+def is_ecp5(platform):
+    """Whether ``platform`` is an Amaranth Lattice ECP5 platform (MULT18X18D, DP16KD)."""
+    return getattr(platform, "family", None) == "ecp5"
 
 
 def _check_sb_mac16_device(platform):
@@ -258,7 +263,7 @@ class Multiplier(wiring.Component):
                                      mac.b[half].eq(self.b[lane]),
                                      self.p[lane].eq(mac.p[half])]
             return m
-        if self._kind == "inferred" and getattr(platform, "family", None) == "ecp5":
+        if self._kind == "inferred" and is_ecp5(platform):
             for k in range(self._lanes):
                 self._mult18x18d(m, k)
             return m

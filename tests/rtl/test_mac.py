@@ -267,7 +267,8 @@ def test_ecp5_mult18x18d_holds_both_registers():
         dut = Multiplier(kind="inferred", a_width=8, b_width=8, lanes=2)
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "top.il").write_text(rtlil.convert(dut, platform=platform))
-            subprocess.run([YOSYS, "-q", "-p", "read_rtlil top.il; synth_ecp5 -top top -run begin:map_luts; "
+            subprocess.run([YOSYS, "-q", "-p", "read_rtlil top.il; "
+                            "synth_ecp5 -top top -run begin:map_luts; "
                             "tee -q -o stat.json stat -json; tee -q -o dsp.txt dump "
                             "t:MULT18X18D"], cwd=d, check=True, capture_output=True)
             stat = json.loads((Path(d) / "stat.json").read_text())
