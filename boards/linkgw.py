@@ -84,8 +84,11 @@ def accelerator_signature(descriptor):
     o : Out(stream.Signature(StructLayout{values: ArrayLayout(signed(act_width), C), last}))
     w : In(stream.Signature(StructLayout{bias: 1, addr, data}))
     rounding : In(ArrayLayout(unsigned(2), L)); seed : In(32); images : In(range(C + 1))
-    busy : Out(1); cycles, beats : Out(32)
-    layer_cycles, saturations : Out(ArrayLayout(unsigned(32), L))
+    busy : Out(1)
+    counter_addr : In(range(2 + 2L)); counter_data : Out(32)
+        The counter port: ``counter_data`` is the word (``cycles, beats, layer_cycles[L],
+        saturations[L]``) at the previous cycle's ``counter_addr``; the accelerator's
+        ``counter_port`` form.
     """
     d = _check_descriptor(descriptor)
     C, L, aw = d.cols, d.layers, d.act_width
@@ -100,10 +103,8 @@ def accelerator_signature(descriptor):
         "seed": In(32),
         "images": In(range(C + 1)),
         "busy": Out(1),
-        "cycles": Out(32),
-        "layer_cycles": Out(data.ArrayLayout(unsigned(32), L)),
-        "beats": Out(32),
-        "saturations": Out(data.ArrayLayout(unsigned(32), L)),
+        "counter_addr": In(range(d.counter_words)),
+        "counter_data": Out(32),
     })
 
 
@@ -114,9 +115,8 @@ def connect_accelerator(m, port, accel):
     for name in ("i", "o", "w"):
         wiring.connect(m, getattr(port, name), getattr(accel, name))
     m.d.comb += [accel.rounding.eq(port.rounding), accel.seed.eq(port.seed),
-                 accel.images.eq(port.images)]
-    for name in ("busy", "cycles", "layer_cycles", "beats", "saturations"):
-        m.d.comb += getattr(port, name).eq(getattr(accel, name))
+                 accel.images.eq(port.images), accel.counter_addr.eq(port.counter_addr),
+                 port.busy.eq(accel.busy), port.counter_data.eq(accel.counter_data)]
 
 
 class FrameDecoder(wiring.Component):
@@ -446,8 +446,9 @@ class LinkEngine(wiring.Component):
         k = Signal(8)                       # payload byte index / loop counter
         j = Signal(range(max(WB, IB, 4) + 1))   # byte within a beat
         wp = Signal(8)                      # response write pointer
-        e = Signal(16)                      # output beat / counter word index
-        last_e = Signal(16)
+        # output beat / counter word index: CHECK has range-checked what is loaded
+        e = Signal(range(max(OW, NC) + 1))
+        last_e = Signal.like(e)
         beat = Signal(8 * max(WB, IB))
         shadow = Signal(2 * L)
         bad = Signal()
@@ -456,9 +457,6 @@ class LinkEngine(wiring.Component):
 
         desc_bytes = d.to_bytes()
         rom = Array(Const(b, 8) for b in desc_bytes)
-        counters = Array([acc.cycles, acc.beats]
-                         + [acc.layer_cycles[l] for l in range(L)]
-                         + [acc.saturations[l] for l in range(L)])
         status_word = Cat(running, done, acc.busy, Const(0, 5), loaded,
                           Const(0, 16 - len(loaded)), produced, Const(0, 16 - len(produced)))
         out_word = Cat(word[:C * aw] if reg else out_rd.data, Const(0, 8 * IB - C * aw))
@@ -479,7 +477,7 @@ class LinkEngine(wiring.Component):
         def write(addr, value):
             m.d.comb += [self.wr_en.eq(1), self.wr_addr.eq(addr), self.wr_data.eq(value)]
 
-        m.d.comb += out_rd.addr.eq(e)
+        m.d.comb += [out_rd.addr.eq(e), acc.counter_addr.eq(e)]
         # payloads are driven in every state (they matter only with valid): no gating logic
         in_beat = beat[len(beat) - 8 * IB:][:C * aw]
         release = Signal()
@@ -630,7 +628,7 @@ class LinkEngine(wiring.Component):
                         respond(S["BAD_ARG"])
                     with m.Else():
                         m.d.sync += [e.eq(arg[0]), last_e.eq(arg[0] + count - 1)]
-                        m.next = "C_WORD"
+                        m.next = "C_ADDR"
                 with m.Else():
                     respond(S["UNKNOWN_COMMAND"])
 
@@ -741,9 +739,12 @@ class LinkEngine(wiring.Component):
                     with m.Else():
                         m.next = "O_ADDR"
 
-            # READ_COUNTERS: words e..last_e, 4 bytes each
+            # READ_COUNTERS: words e..last_e, 4 bytes each, through the accelerator's
+            # counter port (addressed by ``e``, the word a cycle later)
+            with m.State("C_ADDR"):
+                m.next = "C_WORD"
             with m.State("C_WORD"):
-                m.d.sync += [word.eq(counters[e]), j.eq(0)]
+                m.d.sync += [word.eq(acc.counter_data), j.eq(0)]
                 m.next = "C_BYTES"
             with m.State("C_BYTES"):
                 write(wp, word[:32].word_select(j[:2], 8))
@@ -753,7 +754,7 @@ class LinkEngine(wiring.Component):
                     with m.If(e == last_e):
                         m.next = "RESP0"      # the status is OK, set in DISPATCH
                     with m.Else():
-                        m.next = "C_WORD"
+                        m.next = "C_ADDR"
 
             # the response's STATUS and SESSION bytes, then send
             with m.State("RESP0"):

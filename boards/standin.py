@@ -7,7 +7,7 @@ biases and the input tensor, is busy for :data:`RUN_CYCLES` cycles after the las
 beat, then streams output beats that depend on every input bit, weight bit and register.
 """
 
-from amaranth.hdl import Cat, Const, Module, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Signal, unsigned
 from amaranth.lib import memory, wiring
 
 from .linkgw import _check_descriptor, accelerator_signature
@@ -76,10 +76,10 @@ class StandInAccelerator(wiring.Component):
         e = Signal(range(OW))
         ie, we, le = Signal(range(IW)), Signal(range(D)), Signal(range(L))
 
-        m.d.comb += [self.cycles.eq(runs), self.beats.eq(beats)]
-        for l in range(L):
-            m.d.comb += [self.layer_cycles[l].eq(self.seed + l),
-                         self.saturations[l].eq(self.rounding[l] * 256 + self.images)]
+        # the counter port: the word at the previous cycle's address
+        words = Array([runs, beats] + [(self.seed + l)[:32] for l in range(L)] +
+                      [self.rounding[l] * 256 + self.images for l in range(L)])
+        m.d.sync += self.counter_data.eq(words[self.counter_addr])
 
         w = self.w.payload
         m.d.comb += [w_wr.addr.eq(w.addr), b_wr.addr.eq(w.addr),

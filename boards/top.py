@@ -20,6 +20,8 @@ power-up (SPRAM is not in the bitstream); the host writes the weights through th
 Block-RAM weights are in the bitstream and may be rewritten the same way.
 """
 
+from functools import partial
+
 from amaranth.build import ResourceError
 from amaranth.hdl import ClockDomain, DomainRenamer, Instance, Module, Signal
 from amaranth.lib import io, wiring
@@ -93,8 +95,9 @@ class BoardTop(wiring.Component):
     gap_bits, rx_depth : int
         Passed to :class:`~.linkgw.LinkDevice`.
     accelerator : callable or None
-        ``accelerator(program)`` returns the component behind the link; default
-        :class:`~systolic.rtl.accelerator.Accelerator`.
+        ``accelerator(program)`` returns the component behind the link (with the members
+        of :func:`~.linkgw.accelerator_signature`); default
+        :class:`~systolic.rtl.accelerator.Accelerator` with its counter port.
 
     Members
     -------
@@ -147,7 +150,8 @@ class BoardTop(wiring.Component):
         self._gap_bits = check_int("Gap timeout", gap_bits, lo=20)
         self._rx_depth = check_int("RX FIFO depth", rx_depth, lo=16)
         # the link and the accelerator are made at elaboration
-        self._make_accel = accelerator or Accelerator
+        # the counter port form: the per-layer counters in a memory (see Accelerator)
+        self._make_accel = accelerator or partial(Accelerator, counter_port=True)
         super().__init__({
             "clk": In(1),
             "rst": In(1),
@@ -188,7 +192,13 @@ class BoardTop(wiring.Component):
         """The sync domain from the PLL; reset held until the PLL locks.  Returns it."""
         family = self._target.device.family
         pll = self._pll
-        m.domains.sync = cd = ClockDomain("sync")
+        # On the iCE40 the sync domain's reset (the PLL lock, synchronized) is
+        # asynchronous: as a synchronous reset yosys folds it into the LUTs in front of
+        # the flip-flops (94 LUT4 of the default build), and the iCEBreaker's Fmax rose
+        # 1.3-1.7 MHz at seeds 1-3.  On the ECP5 its flip-flops' LSR takes a synchronous
+        # reset for free, and the asynchronous form routed slower (ULX3S-25F: 108.9,
+        # 113.2, 121.0 MHz against 125.2, 123.4, 125.3).
+        m.domains.sync = cd = ClockDomain("sync", async_reset=family == "ice40")
         lock = Signal()
         if family == "ice40":
             pin = platform.request(platform.default_clk, dir="-")
@@ -259,9 +269,10 @@ class BoardTop(wiring.Component):
         _register_handshake(m, "w", link.accel.w, accel.w)
         wiring.connect(m, link.accel.o, accel.o)
         m.d.comb += [accel.rounding.eq(link.accel.rounding), accel.seed.eq(link.accel.seed),
-                     accel.images.eq(link.accel.images)]
-        for name in ("busy", "cycles", "layer_cycles", "beats", "saturations"):
-            m.d.comb += getattr(link.accel, name).eq(getattr(accel, name))
+                     accel.images.eq(link.accel.images),
+                     accel.counter_addr.eq(link.accel.counter_addr),
+                     link.accel.busy.eq(accel.busy),
+                     link.accel.counter_data.eq(accel.counter_data)]
 
         if platform is not None:
             # ``rx``/``tx`` are the top's ports in simulation; on a board, the pins

@@ -43,14 +43,23 @@ from systolic.golden.errors import ConstraintError
 from .array import SystolicArray
 from .compiler import LANE_LATENCY, MAX_LEFT_SHIFT, Program
 from .bram import RegisteredReadMemory
+from .mac import is_ice40
 from .requant import RequantConfig, Requantizer
 from .spram import SPRAM
 from .srgen import SRKeySchedule, SRRounds
 
-__all__ = ["Accelerator", "COUNTER_WIDTH", "weight_stream_layout", "weight_beats"]
+__all__ = ["Accelerator", "COUNTER_WIDTH", "counter_words", "weight_stream_layout",
+           "weight_beats"]
 
 #: Width of the performance counters.
 COUNTER_WIDTH = 32
+
+
+def counter_words(layers):
+    """Counter words of a network of ``layers`` layers, in the order of the counter port
+    and the link's READ_COUNTERS: ``cycles, beats, layer_cycles[layers],
+    saturations[layers]``."""
+    return 2 + 2 * layers
 
 
 def _u(n):
@@ -136,6 +145,11 @@ class Accelerator(wiring.Component):
     ----------
     program : Program
         From :func:`~.compiler.compile_network`.
+    counter_port : bool
+        Replace the four counter members by a read port, ``counter_addr`` and
+        ``counter_data``, over a memory: the board top's form (the per-layer counters as
+        registers, with the link's multiplexer, were ~640 LUT4 of an iCE40 8x2 build).
+        Needs the program's steps in layer order (the compiler's).
 
     Members
     -------
@@ -168,6 +182,10 @@ class Accelerator(wiring.Component):
         Array beats taken (each is ``R * C`` multiply slots).
     saturations : Out(ArrayLayout(unsigned(32), layers))
         Saturation events per layer, over the real images.
+    counter_addr : In(range(counter_words(layers))); counter_data : Out(32)
+        With ``counter_port``, instead of the four above: ``counter_data`` is the counter
+        word at the previous cycle's ``counter_addr`` (order of :func:`counter_words`).
+        During a run the words lag the events by up to two cycles.
 
     With ``weight_memory="spram"`` the weight memory is iCE40 SPRAM, which the bitstream
     cannot initialize: send the weights through ``w`` (:func:`weight_beats` of the
@@ -178,15 +196,34 @@ class Accelerator(wiring.Component):
     when the streams allow.
     """
 
-    def __init__(self, program):
+    def __init__(self, program, *, counter_port=False):
         if not isinstance(program, Program):
             raise TypeError(f"Program must be a Program from compile_network, not "
                             f"{type(program).__name__}")
+        if not isinstance(counter_port, bool):
+            raise TypeError(f"Counter port must be a bool, not {counter_port!r}")
+        if counter_port:
+            # the counter memory keeps one session per layer (see _counter_memory)
+            layers = [s.layer for s in program.steps]
+            if layers != sorted(layers):
+                raise ValueError(f"A counter port needs the program's steps in layer "
+                                 f"order, not layers {layers}")
         self._program = program
+        self._counter_port = counter_port
         cfg = program.config
         C = cfg.cols
         L = len(program.network.layers)
         aw = program.act_width
+        if counter_port:
+            counters = {"counter_addr": In(range(counter_words(L))),
+                        "counter_data": Out(COUNTER_WIDTH)}
+        else:
+            counters = {
+                "cycles": Out(COUNTER_WIDTH),
+                "layer_cycles": Out(data.ArrayLayout(unsigned(COUNTER_WIDTH), L)),
+                "beats": Out(COUNTER_WIDTH),
+                "saturations": Out(data.ArrayLayout(unsigned(COUNTER_WIDTH), L)),
+            }
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(aw), C))),
             "o": Out(stream.Signature(data.StructLayout({
@@ -197,15 +234,16 @@ class Accelerator(wiring.Component):
             "images": In(range(C + 1)),
             "busy": Out(1),
             "step": Out(range(max(len(program.steps), 2))),
-            "cycles": Out(COUNTER_WIDTH),
-            "layer_cycles": Out(data.ArrayLayout(unsigned(COUNTER_WIDTH), L)),
-            "beats": Out(COUNTER_WIDTH),
-            "saturations": Out(data.ArrayLayout(unsigned(COUNTER_WIDTH), L)),
+            **counters,
         })
 
     @property
     def program(self):
         return self._program
+
+    @property
+    def counter_port(self):
+        return self._counter_port
 
     def elaborate(self, platform):
         m = Module()
@@ -938,13 +976,8 @@ class Accelerator(wiring.Component):
         # Per-layer registers only for the layers a step runs (a fused pool's layer, for
         # one, has none: it reads 0), addressed by the step's ``slot``.
         cycles_r, beats_r = Signal(cw), Signal(cw)
-        lcyc = Array(Signal(cw, name=f"layer_cycles_{n}") for n in counted)
-        sats = Array(Signal(sw, name=f"saturations_{n}") for n in counted)
-        m.d.comb += [self.cycles.eq(cycles_r), self.beats.eq(beats_r)]
-        for k, n in enumerate(counted):
-            m.d.comb += [self.layer_cycles[n].eq(lcyc[k]), self.saturations[n].eq(sats[k])]
         with m.If(computing):
-            m.d.sync += [cycles_r.eq(cycles_r + 1), lcyc[p.slot].eq(lcyc[p.slot] + 1)]
+            m.d.sync += cycles_r.eq(cycles_r + 1)
         with m.If(array_take):
             m.d.sync += beats_r.eq(beats_r + 1)
         # A row's saturation events are added a cycle after it is written (with its step's
@@ -953,7 +986,21 @@ class Accelerator(wiring.Component):
         sat_add = Signal.like(sat_count)
         sat_slot = Signal.like(p.slot)
         m.d.sync += [sat_add.eq(Mux(w_valid & w_write, sat_count, 0)), sat_slot.eq(p.slot)]
-        m.d.sync += sats[sat_slot].eq(sats[sat_slot] + sat_add)
+        if self._counter_port:
+            clear_counters = self._counter_memory(m, platform, counted, cycles_r, beats_r,
+                                                  computing, sat_add, sat_slot, cw, sw)
+        else:
+            lcyc = Array(Signal(cw, name=f"layer_cycles_{n}") for n in counted)
+            sats = Array(Signal(sw, name=f"saturations_{n}") for n in counted)
+            m.d.comb += [self.cycles.eq(cycles_r), self.beats.eq(beats_r)]
+            for k, n in enumerate(counted):
+                m.d.comb += [self.layer_cycles[n].eq(lcyc[k]),
+                             self.saturations[n].eq(sats[k])]
+            with m.If(computing):
+                m.d.sync += lcyc[p.slot].eq(lcyc[p.slot] + 1)
+            m.d.sync += sats[sat_slot].eq(sats[sat_slot] + sat_add)
+            clear_counters = ([lcyc[k].eq(0) for k in range(len(counted))] +
+                              [sats[k].eq(0) for k in range(len(counted))])
 
         # -- load, output, weight rewrite --------------------------------------------------
         in_count = Signal(_u(P.input_words))
@@ -980,10 +1027,18 @@ class Accelerator(wiring.Component):
                              banks[j][1].en.eq(write_en)]
         if cfg.weight_memory == "spram":
             m.d.comb += wmem.addr.eq(Mux(w_wr.en, w_wr.addr, w_rd.addr))
-        m.d.comb += [w_wr.addr.eq(self.w.p.addr), w_wr.data.eq(self.w.p.data),
-                     w_wr.en.eq(self.w.valid & ~self.w.p.bias & (state == ST["LOAD"])),
-                     b_wr.addr.eq(self.w.p.addr), b_wr.data.eq(self.w.p.data),
-                     b_wr.en.eq(self.w.valid & self.w.p.bias & (state == ST["LOAD"])),
+        w_beat, w_take = self.w.p, self.w.valid & (state == ST["LOAD"])
+        if cfg.registered_memories:
+            # A taken beat is written a cycle later: from the state decode to the write
+            # enables of block RAMs across the die was the ULX3S-85F critical path (4.2 ns
+            # of routing).  The last beat lands before the first read (setup comes first).
+            w_beat_q, w_take_q = Signal(self.w.p.shape()), Signal()
+            m.d.sync += [w_beat_q.eq(w_beat), w_take_q.eq(w_take)]
+            w_beat, w_take = w_beat_q, w_take_q
+        m.d.comb += [w_wr.addr.eq(w_beat.addr), w_wr.data.eq(w_beat.data),
+                     w_wr.en.eq(w_take & ~w_beat.bias),
+                     b_wr.addr.eq(w_beat.addr), b_wr.data.eq(w_beat.data),
+                     b_wr.en.eq(w_take & w_beat.bias),
                      self.w.ready.eq(state == ST["LOAD"])]
 
         def load_step(index):
@@ -1025,8 +1080,7 @@ class Accelerator(wiring.Component):
                     with m.If(in_count == P.input_words - 1):
                         m.d.sync += [in_count.eq(0), state.eq(ST["SETUP"]), step.eq(0),
                                      cycles_r.eq(0), beats_r.eq(0)]
-                        m.d.sync += [lcyc[k].eq(0) for k in range(len(counted))]
-                        m.d.sync += [sats[k].eq(0) for k in range(len(counted))]
+                        m.d.sync += clear_counters
                         load_step(0)
             with m.Case(ST["SETUP"]):
                 # p holds the step's constants; start the key schedule
@@ -1069,6 +1123,96 @@ class Accelerator(wiring.Component):
                                          o_last.eq(out_count == P.output_words - 1),
                                          out_count.eq(out_count + 1)]
         return m
+
+    def _counter_memory(self, m, platform, counted, cycles_r, beats_r, computing, sat_add,
+                        sat_slot, cw, sw):
+        """The counter port: per-layer counters in a memory instead of registers.
+
+        As registers (``layer_cycles``, ``saturations``), the per-layer counters, their
+        shared adders and the link's word multiplexer were ~640 LUT4 and 250 flip-flops of
+        an iCE40 lenet5 8x2 build.  A run's steps go through the layers in order
+        (checked in ``__init__``), so each slot collects all its events in one contiguous
+        *session*: its counts are summed in two registers (``acc_c``, ``acc_s``) and
+        written to the memory once, when the events move to another slot (two cycles: the
+        cycle word, then the saturation word; slots change at step loads, which are
+        further apart).  A read of the session's own slot is served from the registers.
+        A ``valid`` bit per slot, cleared at the run's start, makes the slots not yet
+        written read 0.
+
+        Events are attributed as with the registers: a compute cycle to ``p.slot``, a
+        row's saturations to ``p.slot`` a cycle after the write (both here a cycle
+        later, through ``sat_slot``).
+
+        Returns the statements that clear the counters at a run's start.
+        """
+        P = self._program
+        L = len(P.network.layers)
+        NS = len(counted)
+        width = max(cw, sw)
+        # On the iCE40, block RAM, not flip-flops: the point of the memory (yosys would
+        # otherwise build one this small from registers).  Elsewhere yosys's choice (the
+        # ECP5's distributed RAM: a DP16KD's 5.8 ns clock-to-output would leave too little
+        # of the 8 ns period for the multiplexer behind it).
+        attrs = {"ram_style": "block"} if is_ice40(platform) else None
+        cmem = m.submodules.counter_mem = memory.Memory(
+            shape=unsigned(width), depth=2 * NS, init=[], attrs=attrs)
+        wr, rd = cmem.write_port(), cmem.read_port()
+
+        comp_d = Signal()
+        m.d.sync += comp_d.eq(computing)
+        acc_slot = Signal.like(sat_slot)
+        acc_c, acc_s = Signal(cw), Signal(sw)
+        dirty = Signal()                        # the session has had an event
+        valid = Signal(NS)
+        fl_pending = Signal()
+        fl_addr = Signal(range(2 * NS))
+        fl_data = Signal(sw)
+        event = comp_d | (sat_add != 0)
+        with m.If(sat_slot != acc_slot):
+            with m.If(dirty):
+                m.d.comb += [wr.en.eq(1), wr.addr.eq(acc_slot), wr.data.eq(acc_c)]
+                m.d.sync += [fl_pending.eq(1), fl_addr.eq(NS + acc_slot), fl_data.eq(acc_s),
+                             valid.bit_select(acc_slot, 1).eq(1)]
+            m.d.sync += [acc_slot.eq(sat_slot), acc_c.eq(comp_d), acc_s.eq(sat_add),
+                         dirty.eq(event)]
+        with m.Else():
+            m.d.sync += [acc_c.eq(acc_c + comp_d), acc_s.eq(acc_s + sat_add),
+                         dirty.eq(dirty | event)]
+        with m.If(fl_pending):
+            m.d.comb += [wr.en.eq(1), wr.addr.eq(fl_addr), wr.data.eq(fl_data)]
+            m.d.sync += fl_pending.eq(0)
+
+        # the read: word w's source decoded from constant tables, registered with the
+        # memory's read (data a cycle after the address)
+        kinds = {"zero": 0, "cycles": 1, "beats": 2, "memory": 3}
+        kind_of, slot_of, sat_of = [], [], []
+        for w in range(counter_words(L)):
+            if w < 2:
+                kind_of.append(kinds["cycles" if w == 0 else "beats"])
+                slot_of.append(0), sat_of.append(0)
+                continue
+            layer, sat = (w - 2) % L, (w - 2) >= L
+            kind_of.append(kinds["memory"] if layer in counted else kinds["zero"])
+            slot_of.append(counted.index(layer) if layer in counted else 0)
+            sat_of.append(int(sat))
+        a = self.counter_addr
+        kind, slot, sat = Signal(2), Signal.like(sat_slot), Signal()
+        m.d.comb += [kind.eq(Array(kind_of)[a]), slot.eq(Array(slot_of)[a]),
+                     sat.eq(Array(sat_of)[a]),
+                     rd.addr.eq(Mux(sat, NS + slot, slot))]
+        kind_r, sat_r, live_r, valid_r = Signal(2), Signal(), Signal(), Signal()
+        m.d.sync += [kind_r.eq(kind), sat_r.eq(sat),
+                     live_r.eq(dirty & (slot == acc_slot)),
+                     valid_r.eq(valid.bit_select(slot, 1))]
+        stored = Mux(live_r, Mux(sat_r, acc_s, acc_c), Mux(valid_r, rd.data, 0))
+        with m.Switch(kind_r):
+            with m.Case(kinds["cycles"]):
+                m.d.comb += self.counter_data.eq(cycles_r)
+            with m.Case(kinds["beats"]):
+                m.d.comb += self.counter_data.eq(beats_r)
+            with m.Case(kinds["memory"]):
+                m.d.comb += self.counter_data.eq(stored)
+        return [acc_c.eq(0), acc_s.eq(0), dirty.eq(0), valid.eq(0)]
 
     def _ws_datapath(self, m, P, p, run, issued, banks, w_rd, b_rd, gen):
         """The weight-stationary matmul datapath (docs/accelerator.md).

@@ -87,7 +87,7 @@ def test_interface_matches_the_accelerator(seed):
         program.config.cols, program.config.rows, program.act_width, len(net.layers))
     assert (d.input_words, d.output_words) == (program.input_words, program.output_words)
     assert d.name_hash == network_hash(net.name) and d.seed == net.seed
-    real = dict(Accelerator(program).signature.members.items())
+    real = dict(Accelerator(program, counter_port=True).signature.members.items())
     del real["step"]
     assert real == dict(accelerator_signature(d).members.items())
 
@@ -448,7 +448,7 @@ def test_host_against_gateware_and_real_accelerator(seed):
     program = compile_network(net, ArrayConfig(rows=2, cols=2))
     d = Descriptor.from_program(program)
     port = SimPort(d, divisor=DIVISOR, gap_bits=GAP_BITS,
-                   accelerator=lambda _: Accelerator(program))
+                   accelerator=lambda _: Accelerator(program, counter_port=True))
     link = Link(port, timeout=0.05, clock=port.clock)
     x = random_input(rng, net, 2)
     modes = [str(rng.choice(ROUNDING_MODES)) for _ in net.layers]

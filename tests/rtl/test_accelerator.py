@@ -3,6 +3,7 @@
 Every output element, saturation count and the cycle count are compared exactly; the
 whole-network runs on the reference networks are cocotb/Verilator tests (tests/sim)."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -19,18 +20,22 @@ from systolic.rtl.requant import MODE
 
 
 def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=None,
-             weights=None):
+             weights=None, counter_port=False, runs=1):
     """Run one batch in the Amaranth simulator; returns (outputs (N, *out_shape), counters).
 
     ``gaps``/``stalls``: a numpy Generator to insert idle input cycles and output
     back-pressure (each with probability 0.5).  ``weights``: ``w`` stream beats
-    (:func:`~systolic.rtl.accelerator.weight_beats`) sent before the images."""
+    (:func:`~systolic.rtl.accelerator.weight_beats`) sent before the images.
+    ``counter_port``: the accelerator's counter port form, its words read one by one
+    after the run.  ``runs``: the batch is run that many times (the counters are the last
+    run's)."""
     net = program.network
+    L = len(net.layers)
     C = program.config.cols
     n = len(images)
     modes = [rounding or getattr(l, "rounding", None) or "floor" for l in net.layers]
     seed = net.seed if seed is None else seed
-    dut = Accelerator(program)
+    dut = Accelerator(program, counter_port=counter_port)
     batch = np.zeros((C, program.input_words), dtype=np.int64)
     batch[:n] = np.asarray(images).reshape(n, -1)
     out = np.zeros((C, program.output_words), dtype=np.int64)
@@ -46,6 +51,23 @@ def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=Non
             ctx.set(dut.w.payload, beat)
             await ctx.tick().until(dut.w.ready)
         ctx.set(dut.w.valid, 0)
+        for _ in range(runs):
+            await one_run(ctx)
+        if counter_port:
+            words = []
+            for w in range(2 + 2 * L):
+                ctx.set(dut.counter_addr, w)
+                await ctx.tick()
+                words.append(ctx.get(dut.counter_data))
+            result.update(cycles=words[0], beats=words[1], layer_cycles=words[2:2 + L],
+                          saturations=words[2 + L:])
+        else:
+            result["cycles"] = ctx.get(dut.cycles)
+            result["layer_cycles"] = [ctx.get(dut.layer_cycles[j]) for j in range(L)]
+            result["saturations"] = [ctx.get(dut.saturations[j]) for j in range(L)]
+            result["beats"] = ctx.get(dut.beats)
+
+    async def one_run(ctx):
         for e in range(program.input_words):
             while gaps is not None and gaps.random() < 0.5:
                 ctx.set(dut.i.valid, 0)
@@ -56,6 +78,16 @@ def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=Non
                 ctx.set(dut.i.payload[j], int(batch[j, e]))
             await ctx.tick().until(dut.i.ready)
         ctx.set(dut.i.valid, 0)
+        if counter_port:
+            # as the run starts, the words of the layers after the first read 0 (not
+            # the last run's counts)
+            early = []
+            for layer in sorted({s.layer for s in program.steps} - {program.steps[0].layer}):
+                for w in (2 + layer, 2 + L + layer):
+                    ctx.set(dut.counter_addr, w)
+                    await ctx.tick()
+                    early.append(ctx.get(dut.counter_data))
+            result.setdefault("early", []).append(early)
         e = 0
         while e < program.output_words:
             ready = stalls is None or stalls.random() < 0.5
@@ -71,17 +103,13 @@ def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=Non
             elif valid:
                 result["stalls"] = result.get("stalls", 0) + 1
             await ctx.tick()
-        result["cycles"] = ctx.get(dut.cycles)
-        result["layer_cycles"] = [ctx.get(dut.layer_cycles[j]) for j in range(len(net.layers))]
-        result["saturations"] = [ctx.get(dut.saturations[j]) for j in range(len(net.layers))]
-        result["beats"] = ctx.get(dut.beats)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     sim.add_testbench(testbench)
     slack = 4 if gaps is not None or stalls is not None else 1
-    sim.run_until(1e-6 * (program.cycles + len(weights or ()) + slack * (
-        program.input_words + program.output_words) + 200))
+    sim.run_until(1e-6 * (runs * (program.cycles + slack * (
+        program.input_words + program.output_words) + 200) + len(weights or ()) + 2 * L))
     assert result, "the accelerator did not finish"
     return out[:n].reshape(n, *net.output_shape), result
 
@@ -115,6 +143,56 @@ def test_random_network_bit_exact(seed, rows, cols, fuse, interconnect):
     program = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=fuse,
                                                interconnect=interconnect))
     check(program, random_input(rng, net, cols))
+
+
+@pytest.mark.parametrize("variant", ["os", "ws", "registered"])
+@pytest.mark.parametrize("seed,rows,cols", CASES, ids=[f"seed={s}-{r}x{c}" for s, r, c in CASES])
+def test_counter_port(seed, rows, cols, variant):
+    """The board's counter port (per-layer counters in a memory, one session per layer):
+    every word read through the port equals the cycle model and the golden saturation
+    counts, on the second of two runs (the first run's sessions must not leak)."""
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
+    config = ArrayConfig(rows=rows, cols=cols, dataflow="ws" if variant == "ws" else "os",
+                         registered_memories=variant == "registered")
+    program = compile_network(net, config)
+    x = random_input(rng, net, cols)
+    counters, want = check(program, x, counter_port=True, runs=2)
+    assert counters["early"] == [[0] * len(counters["early"][0])] * 2, f"seed {seed}"
+    # the memory held more than one layer's session (and saturations, where any)
+    assert len({s.layer for s in program.steps}) >= 2, f"seed {seed}: one counted layer"
+
+
+def test_counter_port_saturations_and_idle_layers():
+    """A network whose layers saturate, and whose flatten layer (no step) reads 0."""
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
+        x = random_input(rng, net, 2)
+        want = run(net, x)
+        stepless = set(range(len(net.layers))) - {
+            s.layer for s in compile_network(net, ArrayConfig(rows=2, cols=2)).steps}
+        if sum(want.saturations) > 0 and stepless:
+            break
+    else:
+        pytest.fail("no random network with saturations and a stepless layer")
+    program = compile_network(net, ArrayConfig(rows=2, cols=2))
+    counters, _ = check(program, x, counter_port=True)
+    assert sum(counters["saturations"]) > 0, f"seed {seed}"
+    assert all(counters["layer_cycles"][l] == 0 for l in stepless), f"seed {seed}"
+
+
+def test_counter_port_needs_steps_in_layer_order():
+    rng = np.random.default_rng(0)
+    net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
+    program = compile_network(net, ArrayConfig(rows=2, cols=2))
+    assert len(program.steps) >= 2
+    shuffled = dataclasses.replace(program, steps=tuple(reversed(program.steps)))
+    with pytest.raises(ValueError, match=r"^A counter port needs the program's steps in "
+                                         r"layer order, not layers \["):
+        Accelerator(shuffled, counter_port=True)
+    with pytest.raises(TypeError, match=r"^Counter port must be a bool, not 1$"):
+        Accelerator(program, counter_port=1)
 
 
 @pytest.mark.parametrize("interconnect", ["systolic", "broadcast"])
