@@ -533,6 +533,12 @@ class LinkEngine(wiring.Component):
                                     (arg[0] + count_c > NC)),
                 ]
                 m.d.sync += [is_cmd[name].eq(cmd == code) for name, code in Cm.items()]
+                # READ_OUTPUT's and READ_COUNTERS' word range, loaded whatever the command
+                # (only those two use it): loaded in DISPATCH, behind its priority chain,
+                # its enable was an iCE40 critical path
+                is_rc = cmd == Cm["READ_COUNTERS"]
+                m.d.sync += [e.eq(Mux(is_rc, arg[0], off16)),
+                             last_e.eq(Mux(is_rc, arg[0] + count_c, off16 + count_o) - 1)]
                 m.next = "DISPATCH"
 
             with m.State("DISPATCH"):
@@ -610,7 +616,6 @@ class LinkEngine(wiring.Component):
                     with m.Else():
                         m.next = "STATUS"
                 with m.Elif(is_cmd["READ_OUTPUT"]):
-                    count = arg[2]
                     with m.If(~f["len3"]):
                         respond(S["BAD_LENGTH"])
                     with m.Elif(f["out_bad"]):
@@ -618,16 +623,13 @@ class LinkEngine(wiring.Component):
                     with m.Elif(f["not_ready"]):
                         respond(S["NOT_READY"])
                     with m.Else():
-                        m.d.sync += [e.eq(off16), last_e.eq(off16 + count - 1)]
                         m.next = "O_ADDR"
                 with m.Elif(is_cmd["READ_COUNTERS"]):
-                    count = arg[1]
                     with m.If(~f["len2"]):
                         respond(S["BAD_LENGTH"])
                     with m.Elif(f["cnt_bad"]):
                         respond(S["BAD_ARG"])
                     with m.Else():
-                        m.d.sync += [e.eq(arg[0]), last_e.eq(arg[0] + count - 1)]
                         m.next = "C_ADDR"
                 with m.Else():
                     respond(S["UNKNOWN_COMMAND"])
