@@ -897,17 +897,20 @@ class LinkDevice(wiring.Component):
         entry = Signal(rx_event_layout)
         push = Signal()
         m.d.comb += urx.o.ready.eq(1)
+        # ``idle >= gap_cycles - 1`` as a flag set as ``idle`` moves: the compare's carry
+        # chain in front of the FIFO's write enable was an iCE40 critical path
+        gap_due = Signal()
         with m.If(armed & ~urx.o.valid):
-            m.d.sync += idle.eq(idle + 1)
+            m.d.sync += [idle.eq(idle + 1), gap_due.eq(idle >= gap_cycles - 2)]
         with m.If(urx.o.valid):
             # a character; if characters were lost just before it, it carries the error
             m.d.comb += [push.eq(1), entry.data.eq(urx.o.payload.data),
                          entry.error.eq(urx.o.payload.error | lost)]
-            m.d.sync += [idle.eq(0), armed.eq(1)]
+            m.d.sync += [idle.eq(0), armed.eq(1), gap_due.eq(0)]
         with m.Elif(lost & fifo.w_rdy):
             # characters were lost: say so as soon as there is room (error and gap both set)
             m.d.comb += [push.eq(1), entry.error.eq(1), entry.gap.eq(1)]
-        with m.Elif(armed & (idle >= gap_cycles - 1)):
+        with m.Elif(armed & gap_due):
             m.d.comb += [push.eq(1), entry.gap.eq(1)]
             m.d.sync += armed.eq(0)
         m.d.comb += [fifo.w_data.eq(entry), fifo.w_en.eq(push)]
