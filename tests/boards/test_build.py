@@ -50,6 +50,23 @@ def test_overfull_logic_is_a_constraint_error(tmp_path):
         _overfull(log, target, target.preset("8x2"), "net")
 
 
+def test_too_full_to_place_is_a_constraint_error(tmp_path):
+    """nextpnr giving up on a design that fits on paper (lenet5 on the 8x2 preset, 99.8%
+    of the logic cells) becomes one line too."""
+    from systolic.boards.build import _overfull
+    log = tmp_path / "nextpnr.log"
+    log.write_text("Info: Device utilisation:\n"
+                   "Info: \t         ICESTORM_LC:    5272/   5280    99%\n"
+                   "Info: \t        ICESTORM_RAM:      18/     30    60%\n"
+                   "ERROR: Unable to find legal placement for all cells, design is probably "
+                   "at utilisation limit.\n")
+    target = board("icebreaker")
+    with pytest.raises(ConstraintError, match=r"^net on a 8x2 array with the link takes "
+                       r"5,272 of the 5,280 logic cells \(ICESTORM_LC\) of iCE40UP5K, too "
+                       r"full for nextpnr to place; a smaller preset: default$"):
+        _overfull(log, target, target.preset("8x2"), "net")
+
+
 NEXTPNR_REPORT = {
     "utilization": {"ICESTORM_LC": {"used": 5000, "available": 5280},
                     "ICESTORM_DSP": {"used": 8, "available": 8},
