@@ -257,12 +257,6 @@ def _say(progress, text):
 #: went from 36.5 / 38.0 / 37.2 to 39.1 / 39.0 / 40.8 MHz.
 ONE_HOT_FSMS = 'setattr -set fsm_encoding "one-hot" w:fsm_state'
 
-#: nextpnr-ice40's analytical placer weighs timing three times its default and sharpens
-#: the criticality exponent.  On one 8x2 netlist (95% of the UP5K's logic cells) Fmax at
-#: seeds 1-3 went from 35.0 / 37.0 / 39.7 to 40.0 / 38.4 / 37.7 MHz; on the default
-#: preset's (82%) from 44.2 / 41.5 / 40.3 to 41.4 / 42.1 / 42.9 MHz.
-ICE40_PLACER = ["--placer-heap-timingweight", "30", "--placer-heap-critexp", "4"]
-
 
 def build(program, target, *, out_dir, name="top", seed=1, baud=None, progress=print,
           timeouts=None):
@@ -366,8 +360,7 @@ def build(program, target, *, out_dir, name="top", seed=1, baud=None, progress=p
     if family == "ice40":
         opts = plat._nextpnr_device_options[plat.device]
         pkg = plat.package.lower() + plat._nextpnr_package_options.get(plat.device, "")
-        cmd += [opts, "--package", pkg, "--pcf", f"{name}.pcf", "--asc", f"{name}.asc",
-                *ICE40_PLACER]
+        cmd += [opts, "--package", pkg, "--pcf", f"{name}.pcf", "--asc", f"{name}.asc"]
     else:
         cmd += [plat._nextpnr_device_options[plat.device], "--package",
                 plat._nextpnr_package_options[plat.package].upper(), "--speed",
