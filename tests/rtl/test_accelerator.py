@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The accelerator in the Amaranth simulator on small random networks, against golden.
 
 Every output element, saturation count and the cycle count are compared exactly; the
