@@ -35,35 +35,32 @@ def test_readme_states_floors_for_both_families():
     assert all(r[3] > 0 and r[4] > 0 for r in floors.values())
 
 
-def test_overfull_logic_is_a_constraint_error(tmp_path):
-    """nextpnr stopping on an overfull device becomes one line that names the need."""
-    from systolic.boards.build import _overfull
-    log = tmp_path / "nextpnr.log"
-    log.write_text("Info: Device utilisation:\n"
-                   "Info: \t         ICESTORM_LC:    7065/   5280   133%\n"
-                   "Info: \t        ICESTORM_RAM:      28/     30    93%\n"
-                   "ERROR: Unable to place cell 'x', no BELs remaining\n")
-    target = board("icebreaker")
-    with pytest.raises(ConstraintError, match=r"^net on a 8x2 array with the link needs "
-                       r"7,065 logic cells \(ICESTORM_LC\) after synthesis; iCE40UP5K has "
-                       r"5,280; a smaller preset: default$"):
-        _overfull(log, target, target.preset("8x2"), "net")
+#: nextpnr logs that stop a build, and the one line each becomes: an overfull device, and
+#: a design that fits on paper but not for the placer (lenet5 on the 8x2 preset, 99.8%)
+NEXTPNR_STOPS = [
+    ("7065/   5280   133%", "28/     30    93%",
+     "ERROR: Unable to place cell 'x', no BELs remaining",
+     r"^net on a 8x2 array with the link needs 7,065 logic cells \(ICESTORM_LC\) after "
+     r"synthesis; iCE40UP5K has 5,280; a smaller preset: default$"),
+    ("5272/   5280    99%", "18/     30    60%",
+     "ERROR: Unable to find legal placement for all cells, design is probably at "
+     "utilisation limit.",
+     r"^net on a 8x2 array with the link takes 5,272 of the 5,280 logic cells "
+     r"\(ICESTORM_LC\) of iCE40UP5K, too full for nextpnr to place; a smaller preset: "
+     r"default$"),
+]
 
 
-def test_too_full_to_place_is_a_constraint_error(tmp_path):
-    """nextpnr giving up on a design that fits on paper (lenet5 on the 8x2 preset, 99.8%
-    of the logic cells) becomes one line too."""
+@pytest.mark.parametrize("lc,ram,error,match", NEXTPNR_STOPS, ids=["overfull", "unplaceable"])
+def test_nextpnr_stopping_is_a_constraint_error(tmp_path, lc, ram, error, match):
+    """nextpnr stopping on a full device becomes one line that names the use."""
     from systolic.boards.build import _overfull
     log = tmp_path / "nextpnr.log"
-    log.write_text("Info: Device utilisation:\n"
-                   "Info: \t         ICESTORM_LC:    5272/   5280    99%\n"
-                   "Info: \t        ICESTORM_RAM:      18/     30    60%\n"
-                   "ERROR: Unable to find legal placement for all cells, design is probably "
-                   "at utilisation limit.\n")
+    log.write_text(f"Info: Device utilisation:\n"
+                   f"Info: \t         ICESTORM_LC:    {lc}\n"
+                   f"Info: \t        ICESTORM_RAM:      {ram}\n{error}\n")
     target = board("icebreaker")
-    with pytest.raises(ConstraintError, match=r"^net on a 8x2 array with the link takes "
-                       r"5,272 of the 5,280 logic cells \(ICESTORM_LC\) of iCE40UP5K, too "
-                       r"full for nextpnr to place; a smaller preset: default$"):
+    with pytest.raises(ConstraintError, match=match):
         _overfull(log, target, target.preset("8x2"), "net")
 
 

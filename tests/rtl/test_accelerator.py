@@ -15,7 +15,7 @@ from systolic.golden.errors import ConstraintError
 from systolic.golden.randnet import random_input, random_network
 from systolic.golden.rounding import ROUNDING_MODES
 from systolic.golden.run import run
-from systolic.rtl.accelerator import Accelerator, weight_beats
+from systolic.rtl.accelerator import Accelerator, counter_words, weight_beats
 from systolic.rtl.compiler import ArrayConfig, compile_network
 from systolic.rtl.requant import MODE
 
@@ -56,7 +56,7 @@ def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=Non
             await one_run(ctx)
         if counter_port:
             words = []
-            for w in range(2 + 2 * L):
+            for w in range(counter_words(L)):
                 ctx.set(dut.counter_addr, w)
                 await ctx.tick()
                 words.append(ctx.get(dut.counter_data))
