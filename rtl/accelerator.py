@@ -675,7 +675,13 @@ class Accelerator(wiring.Component):
                 rows=R, cols=C, in_width=ww, weight_width=aw, dataflow="os",
                 multiplier=cfg.multiplier, acc_width=accw, interconnect=cfg.interconnect,
                 product_register=cfg.product_register,
-                max_reduction=max([s.reduction for s in steps if s.kind == "matmul"] or [1]))
+                max_reduction=max([s.reduction for s in steps if s.kind == "matmul"] or [1]),
+                min_reduction=min([s.reduction for s in steps if s.kind == "matmul"] or [1]))
+            # The array's only back-pressure is its tile rule (its output is always
+            # taken): when every tile of the program is at least R beats long there is
+            # none, and the skid register below is left out (on the iCE40 8x2 array, 81
+            # flip-flops and the 81 multiplexers in front of the array's input).
+            array_stalls = array.min_reduction < R
             # A tile's metadata waits here for its rows.  It carries the bias word's address,
             # not the R biases, and indices only as wide as the largest tensor: on the iCE40
             # this FIFO is flip-flops, and R biases per entry were ~1,300 of them (8x2 array).
@@ -713,7 +719,6 @@ class Accelerator(wiring.Component):
             # never of the array's ``ready`` (through ``advance``, the array's tile rule
             # reached every counter's enable: the iCE40 critical path).  The array sees
             # the same beats in the same cycles, so the cycle counts are unchanged.
-            beat = Signal(array.i.p.shape())
             s1_beat = Signal(array.i.p.shape())
             skid_full = Signal()
             m.d.comb += s1_beat.last.eq(s1_last)
@@ -725,14 +730,19 @@ class Accelerator(wiring.Component):
             m.d.comb += [
                 hand_on.eq(to_array & ~skid_full & room),
                 array.i.valid.eq(skid_full | hand_on),
-                array.i.payload.eq(Mux(skid_full, beat.as_value(), s1_beat.as_value())),
                 array.o.ready.eq(1),
             ]
-            with m.If(skid_full):
-                with m.If(array.i.ready):
-                    m.d.sync += skid_full.eq(0)
-            with m.Elif(hand_on & ~array.i.ready):
-                m.d.sync += [skid_full.eq(1), beat.eq(s1_beat)]
+            if array_stalls:
+                beat = Signal(array.i.p.shape())
+                m.d.comb += array.i.payload.eq(
+                    Mux(skid_full, beat.as_value(), s1_beat.as_value()))
+                with m.If(skid_full):
+                    with m.If(array.i.ready):
+                        m.d.sync += skid_full.eq(0)
+                with m.Elif(hand_on & ~array.i.ready):
+                    m.d.sync += [skid_full.eq(1), beat.eq(s1_beat)]
+            else:
+                m.d.comb += array.i.payload.eq(s1_beat)
             pushed = data.View(meta_layout, meta.w_data)
             array_take = Signal()
             m.d.comb += [

@@ -354,6 +354,13 @@ class SystolicArray(wiring.Component):
         ``"systolic"`` (default: operands hop from PE to PE through skew and deskew
         buffers) or ``"broadcast"`` (output-stationary only, :class:`BroadcastGrid`: each
         operand reaches its whole row or column in the same cycle; latency 3).
+    min_reduction : int or None
+        Output-stationary only: the shortest ``K`` of any tile the array will be given
+        (default 1).  With ``min_reduction >= rows`` consecutive ``last`` beats are
+        always at least ``R`` cycles apart, so the logic that holds a too-early ``last``
+        beat back is left out and ``i.ready`` follows the output side alone.  A shorter
+        tile then breaks the drain: the caller (the compiler knows every reduction of
+        its program) must keep the promise.
     product_register : bool
         Output-stationary systolic only: one more register between each PE's multiplier
         and its accumulator (:class:`~.pe.OutputStationaryPE`), one more cycle of
@@ -423,7 +430,7 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, *, rows, cols, in_width=8, weight_width=8, dataflow="os",
                  multiplier="inferred", max_reduction=None, acc_width=None,
-                 interconnect="systolic", product_register=False):
+                 interconnect="systolic", product_register=False, min_reduction=None):
         _size("Array rows", rows)
         _size("Array columns", cols)
         _operand_width("Input width", in_width)
@@ -438,6 +445,16 @@ class SystolicArray(wiring.Component):
         if dataflow == "ws" and max_reduction < rows:
             raise ValueError(f"Maximum reduction of a weight-stationary array must be at "
                              f"least its {rows} rows, not {max_reduction}")
+        if min_reduction is not None:
+            check_int("Minimum reduction", min_reduction)
+            if dataflow == "ws":
+                raise ValueError("Minimum reduction applies to the output-stationary "
+                                 "dataflow only")
+            if min_reduction > max_reduction:
+                raise ValueError(f"Minimum reduction {min_reduction} is over the maximum "
+                                 f"reduction {max_reduction}")
+        else:
+            min_reduction = 1
         need = accumulator_width(in_width, weight_width, max_reduction)
         if acc_width is None:
             acc_width = need
@@ -450,6 +467,7 @@ class SystolicArray(wiring.Component):
         self._in_width, self._weight_width = in_width, weight_width
         self._dataflow, self._multiplier = dataflow, multiplier
         self._max_reduction, self._acc_width = max_reduction, acc_width
+        self._min_reduction = min_reduction
         self._interconnect = interconnect
         self._product_register = product_register
 
@@ -471,6 +489,7 @@ class SystolicArray(wiring.Component):
     dataflow = property(lambda self: self._dataflow)
     multiplier = property(lambda self: self._multiplier)
     max_reduction = property(lambda self: self._max_reduction)
+    min_reduction = property(lambda self: self._min_reduction)
     acc_width = property(lambda self: self._acc_width)
     interconnect = property(lambda self: self._interconnect)
     product_register = property(lambda self: self._product_register)
@@ -568,13 +587,16 @@ class SystolicArray(wiring.Component):
     def _tile_rule(self, m, advance):
         """Accept a ``last`` beat only when the previous one is >= R enabled cycles back,
         so each column's drain has passed a slot before the slot's next sum; returns the
-        accept signal."""
+        accept signal.  With ``min_reduction >= R`` every tile is long enough: no rule."""
         R = self._rows
+        accept = Signal()
+        if self._min_reduction >= R:
+            m.d.comb += [self.i.ready.eq(advance), accept.eq(self.i.valid & advance)]
+            return accept
         since_last = Signal(range(R + 1), init=R)
         # ``since_last == R`` as a register: ``i.ready`` feeds the accelerator's address
         # generator enables, and the comparison was the head of the iCE40 critical path
         drained = Signal(init=1)
-        accept = Signal()
         m.d.comb += [
             self.i.ready.eq(advance & (~self.i.payload.last | drained)),
             accept.eq(self.i.valid & self.i.ready),

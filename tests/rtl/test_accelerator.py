@@ -146,6 +146,19 @@ def test_random_network_bit_exact(seed, rows, cols, fuse, interconnect):
     check(program, random_input(rng, net, cols))
 
 
+def test_random_set_covers_short_and_long_tiles():
+    """The random cases include programs with a tile shorter than R (the array holds its
+    ``last`` beat back and the skid register takes the beat) and programs whose tiles are
+    all at least R long (neither exists)."""
+    kinds = set()
+    for seed, rows, cols in CASES:
+        rng = np.random.default_rng(seed)
+        net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
+        program = compile_network(net, ArrayConfig(rows=rows, cols=cols))
+        kinds.add(min(s.reduction for s in program.steps if s.kind == "matmul") < rows)
+    assert kinds == {True, False}
+
+
 @pytest.mark.parametrize("variant", ["os", "ws", "registered"])
 @pytest.mark.parametrize("seed,rows,cols", CASES, ids=[f"seed={s}-{r}x{c}" for s, r, c in CASES])
 def test_counter_port(seed, rows, cols, variant):

@@ -96,11 +96,12 @@ def check_coverage(logs, idle, stall, inputs):
 
 def run_os(rows, cols, ks, *, in_width=8, weight_width=8, multiplier="inferred",
            idle="none", stall="none", seed=0, extreme=None, max_reduction=None,
-           interconnect="systolic", product_register=False):
+           interconnect="systolic", product_register=False, min_reduction=None):
     rng = np.random.default_rng(seed)
     dut = SystolicArray(rows=rows, cols=cols, in_width=in_width, weight_width=weight_width,
                         dataflow="os", multiplier=multiplier, max_reduction=max_reduction,
-                        interconnect=interconnect, product_register=product_register)
+                        interconnect=interconnect, product_register=product_register,
+                        min_reduction=min_reduction)
     tiles = []
     for t, k in enumerate(ks):
         ex_a, ex_b = {"min": ("min", "min"), "mixed": ("min", "max"), None: (None, None),
@@ -213,6 +214,23 @@ def test_os_cycles_formula(rows, cols, k, tiles, interconnect):
     assert np.diff(last_beats).tolist() == [dut.tile_period(k)] * (tiles - 1)
     firsts = transfers["o"].cycles[::rows]
     assert [f - b for f, b in zip(firsts, last_beats)] == [dut.latency] * tiles
+
+
+@pytest.mark.parametrize("interconnect", INTERCONNECTS)
+@pytest.mark.parametrize("rows, cols", [(4, 2), (8, 2), (3, 3)], ids=["4x2", "8x2", "3x3"])
+def test_os_min_reduction_without_tile_rule(rows, cols, interconnect):
+    """Tiles of at least R beats (``min_reduction = R``): no hold-back logic, still bit-exact
+    back to back and under back-pressure, and with the output always taken the input is
+    never refused."""
+    ks = [rows, rows + 3, rows, 2 * rows, rows]
+    seed = 420 + rows + cols
+    dut, _, _, transfers = run_os(rows, cols, ks, seed=seed, interconnect=interconnect,
+                                  min_reduction=rows)
+    assert dut.min_reduction == rows
+    first = transfers["i"].cycles[0]
+    assert transfers["i"].cycles == list(range(first, first + sum(ks))), f"seed={seed}"
+    run_os(rows, cols, ks * 3, seed=seed + 1, interconnect=interconnect, idle="p0.5",
+           stall="p0.5", min_reduction=rows)
 
 
 # -- weight-stationary ---------------------------------------------------------------------
@@ -343,6 +361,11 @@ def test_sb_mac16_array_packs_two_pes_per_dsp():
     ({"max_reduction": 0}, TypeError, "Maximum reduction must be a positive integer, not 0"),
     ({"dataflow": "ws", "max_reduction": 3}, ValueError,
      "Maximum reduction of a weight-stationary array must be at least its 4 rows, not 3"),
+    ({"min_reduction": 0}, TypeError, "Minimum reduction must be a positive integer, not 0"),
+    ({"min_reduction": 1025}, ValueError,
+     "Minimum reduction 1025 is over the maximum reduction 1024"),
+    ({"dataflow": "ws", "min_reduction": 4}, ValueError,
+     "Minimum reduction applies to the output-stationary dataflow only"),
     ({"acc_width": "24"}, TypeError, "Accumulator width must be a positive integer, not '24'"),
     ({"acc_width": 20}, ConstraintError, "Accumulator width 20 is too narrow: 8-bit inputs x "
      "8-bit weights over 1024 products need 26 bits"),
