@@ -18,6 +18,7 @@ Device figures (block counts, from the vendors' data sheets):
 from dataclasses import dataclass, field
 
 from systolic.golden.errors import ConstraintError
+from systolic.rtl.accelerator import queue_memories
 from systolic.rtl.compiler import ArrayConfig
 from systolic.rtl.spram import spram_blocks
 
@@ -115,9 +116,9 @@ class BoardTarget:
 # (floor and nearest_even remain run-time choices).
 _ICE40 = {
     "default": ArrayConfig(rows=4, cols=2, multiplier="sb_mac16", weight_memory="spram",
-                           stochastic=False, interconnect="broadcast"),
+                           stochastic=False, interconnect="broadcast", queue_memory=True),
     "8x2": ArrayConfig(rows=8, cols=2, multiplier="sb_mac16", weight_memory="spram",
-                       stochastic=False, interconnect="broadcast"),
+                       stochastic=False, interconnect="broadcast", queue_memory=True),
 }
 
 # ECP5 presets, for 125 MHz: the stochastic-rounding generator computes one round per
@@ -200,6 +201,8 @@ def estimate(program, device):
                      "bram"))
     bank = memory_blocks(device, program.act_words, program.act_width)
     memories.append((f"activations ({C} banks)", C * bank, "bram"))
+    for what, depth, width in queue_memories(program):
+        memories.append((what, memory_blocks(device, depth, width), "bram"))
     return {"dsps": dsps,
             "brams": sum(b for _, b, k in memories if k == "bram"),
             "sprams": sum(b for _, b, k in memories if k == "spram"),

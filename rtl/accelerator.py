@@ -40,16 +40,18 @@ from amaranth.utils import bits_for
 from systolic.golden.accumulator import accumulator_width
 from systolic.golden.errors import ConstraintError
 
-from .array import SystolicArray
+from .array import SystolicArray, array_latency
 from .compiler import LANE_LATENCY, MAX_LEFT_SHIFT, Program
 from .bram import RegisteredReadMemory
 from .mac import is_ice40
+from .queue import MemoryQueue
+from .ring import Ring
 from .requant import RequantConfig, Requantizer
 from .spram import SPRAM
 from .srgen import SRKeySchedule, SRRounds
 
-__all__ = ["Accelerator", "COUNTER_WIDTH", "counter_words", "weight_stream_layout",
-           "weight_beats"]
+__all__ = ["Accelerator", "COUNTER_WIDTH", "counter_words", "queue_memories",
+           "weight_stream_layout", "weight_beats"]
 
 #: Width of the performance counters.
 COUNTER_WIDTH = 32
@@ -60,6 +62,53 @@ def counter_words(layers):
     and the link's READ_COUNTERS: ``cycles, beats, layer_cycles[layers],
     saturations[layers]``."""
     return 2 + 2 * layers
+
+
+def _index_width(steps, R, C):
+    """Width of the flat output and pooled indices: the largest tensor, channels padded
+    to the tiles, plus a bit."""
+    return bits_for(max(max(s.out_shape[0], s.channel_tiles * max(R, C)) *
+                        (s.out_shape[1] + 1) * (s.out_shape[2] + 1) for s in steps)) + 1
+
+
+def _meta_layout(program):
+    """A tile's metadata (output-stationary), waiting in a queue for the tile's rows: the
+    bias word's address, not the R biases, and indices only as wide as the largest tensor
+    (on the iCE40 8x2 array, R biases per entry were ~1,300 flip-flops)."""
+    R = program.config.rows
+    mm = [s for s in program.steps if s.kind == "matmul"] or program.steps
+    return data.StructLayout({
+        # row 0's (pooled) index: below channel_tiles * R * (pooled) pixels (the flat
+        # index only for the stochastic-rounding generator)
+        **({"index": _u(max(s.channel_tiles * R * s.pixels for s in mm))}
+           if program.config.stochastic else {}),
+        "rows": unsigned(bits_for(R)),
+        "pindex": _u(max(s.channel_tiles * R * (s.stored_shape[1] + 1) *
+                         (s.stored_shape[2] + 1) for s in mm)),
+        "pfirst": 1, "plast": 1, "inwin": 1,
+        "baddr": _u(program.bias_words)})
+
+
+def _tiles_in_flight(program):
+    """Tiles between the address generator and the array's output: issued, in the
+    array and draining (period >= R), and one more (a tile's entry may go in while the
+    skid register holds the previous tile's last beat)."""
+    cfg = program.config
+    latency = array_latency(cfg.rows, cfg.cols, cfg.interconnect, cfg.product_register)
+    return -(-(cfg.rows + latency) // cfg.rows) + 3
+
+
+def queue_memories(program):
+    """The memories of ``program``'s output-path queues with ``queue_memory`` (else
+    none): ``(what, depth, width)`` for the tile metadata, the rows' tags and the fused
+    pool's maxima."""
+    cfg = program.config
+    if not cfg.queue_memory:
+        return []
+    R, C = cfg.rows, cfg.cols
+    return [("tile queue", _tiles_in_flight(program), _meta_layout(program).size),
+            ("tag ring", LANE_LATENCY, _index_width(program.steps, R, C) + 4),
+            *([("max ring", R, C * program.act_width)] if R >= 2 else [])]
 
 
 def _u(n):
@@ -428,6 +477,9 @@ class Accelerator(wiring.Component):
         mode = Signal(2)
         m.d.comb += [keys.seed.eq(self.seed), keys.layer.eq(p.layer)]
 
+        # queues in memory (``queue_memory``): block RAM on the iCE40
+        ram_attrs = {"ram_style": "block"} if is_ice40(platform) else None
+
         # -- address generator (stage 0) -------------------------------------------------
         kx, ky, ci = Signal.like(p.kw), Signal.like(p.kh), Signal.like(p.cin)
         ox, ct = Signal.like(p.wo), Signal.like(p.ct_count)
@@ -441,8 +493,7 @@ class Accelerator(wiring.Component):
         # flat output indices (the generator's ``i``) and pooled indices (write
         # addresses) only as wide as the largest tensor, channels padded to the tiles,
         # plus a bit: 32-bit counters here cost ~20 logic cells each on the iCE40
-        iw = bits_for(max(max(s.out_shape[0], s.channel_tiles * max(R, C)) *
-                          (s.out_shape[1] + 1) * (s.out_shape[2] + 1) for s in steps)) + 1
+        iw = _index_width(steps, R, C)
         ct_pindex = Signal(unsigned(iw))                 # pooled index of the tile's row 0
         kcount = Signal.like(p.k)
         aw_bits = len(act_addr) + 2
@@ -685,21 +736,17 @@ class Accelerator(wiring.Component):
             # A tile's metadata waits here for its rows.  It carries the bias word's address,
             # not the R biases, and indices only as wide as the largest tensor: on the iCE40
             # this FIFO is flip-flops, and R biases per entry were ~1,300 of them (8x2 array).
-            mm = [s for s in steps if s.kind == "matmul"] or steps
-            meta_layout = data.StructLayout({
-                # row 0's (pooled) index: below channel_tiles * R * (pooled) pixels
-                "index": _u(max(s.channel_tiles * R * s.pixels for s in mm)),
-                "rows": unsigned(bits_for(R)),
-                "pindex": _u(max(s.channel_tiles * R * (s.stored_shape[1] + 1) *
-                                 (s.stored_shape[2] + 1) for s in mm)),
-                "pfirst": 1, "plast": 1, "inwin": 1,
-                "baddr": unsigned(len(s1_baddr))})
-            # tiles in flight: issued, in the array, and draining (period >= R)
-            # (and one more: a tile's entry may go in while the skid register holds the
-            # previous tile's last beat)
-            in_flight = -(-(R + array.latency) // R) + 3
-            meta = m.submodules.meta = SyncFIFOBuffered(
-                width=meta_layout.size, depth=in_flight)
+            meta_layout = _meta_layout(P)
+            in_flight = _tiles_in_flight(P)
+            if cfg.queue_memory:
+                # in block RAM on the iCE40: a tile's rows leave the array at least its
+                # latency (3) cycles after the tile's entry went in, later than the
+                # queue's read ahead needs (2)
+                meta = m.submodules.meta = MemoryQueue(
+                    shape=unsigned(meta_layout.size), depth=in_flight, attrs=ram_attrs)
+            else:
+                meta = m.submodules.meta = SyncFIFOBuffered(
+                    width=meta_layout.size, depth=in_flight)
             wword = data.View(data.ArrayLayout(signed(ww), R), w_q)
             to_array = Signal()
             m.d.comb += to_array.eq(s1_valid & ~p.pool)
@@ -750,7 +797,8 @@ class Accelerator(wiring.Component):
                 # a tile's metadata goes in as its last beat leaves stage 1: in order,
                 # at most one tile ahead of the array (one more FIFO entry, below)
                 meta.w_en.eq(hand_on & s1_last),
-                pushed.index.eq(s1_index), pushed.rows.eq(s1_rows), pushed.baddr.eq(s1_baddr),
+                *([pushed.index.eq(s1_index)] if cfg.stochastic else []),
+                pushed.rows.eq(s1_rows), pushed.baddr.eq(s1_baddr),
                 pushed.pindex.eq(s1_pindex), pushed.pfirst.eq(s1_pfirst),
                 pushed.plast.eq(s1_plast), pushed.inwin.eq(s1_inwin),
             ]
@@ -803,9 +851,11 @@ class Accelerator(wiring.Component):
         # -- output path: row register, shared generator, lanes, writer -------------------
         # what travels with a row to the writer: whether it is a real channel
         # (``write``), its pooled index and window flags, its row (for the running max)
+        # (the row only for the weight-stationary writer: the output-stationary one keeps
+        # its maxima in a ring)
         tag_layout = data.StructLayout({"write": 1, "pindex": unsigned(iw), "pfirst": 1,
                                         "plast": 1, "inwin": 1,
-                                        "row": range(max(R, C) if ws else R)})
+                                        **({"row": range(max(R, C))} if ws else {})})
         a_valid = Signal()
         a_acc = Signal(data.ArrayLayout(signed(accw), C))
         a_bias = Signal(signed(accw))
@@ -826,15 +876,18 @@ class Accelerator(wiring.Component):
             m.d.sync += [a_valid.eq(pool_valid), a_acc.eq(pool_acc),
                          a_index.eq(pool_index), a_tag.write.eq(1),
                          a_tag.pindex.eq(pool_index), a_tag.pfirst.eq(1),
-                         a_tag.plast.eq(1), a_tag.inwin.eq(1), a_tag.row.eq(0)]
+                         a_tag.plast.eq(1), a_tag.inwin.eq(1)]
+            if ws:
+                m.d.sync += a_tag.row.eq(0)
         with m.Else():
             if not ws:
                 m.d.sync += [a_valid.eq(array.o.valid), a_acc.eq(array.o.payload),
-                             a_index.eq(head.index + row_off),
                              a_tag.write.eq(row < head.rows),
                              a_tag.pindex.eq(head.pindex + prow_off),
                              a_tag.pfirst.eq(head.pfirst), a_tag.plast.eq(head.plast),
-                             a_tag.inwin.eq(head.inwin), a_tag.row.eq(row)]
+                             a_tag.inwin.eq(head.inwin)]
+                if cfg.stochastic:
+                    m.d.sync += a_index.eq(head.index + row_off)
             else:
                 # weight-stationary: a row out of the output transposer
                 m.d.sync += [a_valid.eq(ws_rows["valid"]), a_acc.eq(ws_rows["acc"]),
@@ -887,12 +940,12 @@ class Accelerator(wiring.Component):
             ]
             if stochastic:
                 m.d.comb += lane.i.p.h.eq(rounds.h)
-        # the tag alongside the lanes (which never stall: o.ready is 1)
-        w_tag = d_tag
-        for k in range(LANE_LATENCY):
-            nt = Signal.like(w_tag, name=f"l{k}_tag")
-            m.d.sync += nt.eq(w_tag)
-            w_tag = nt
+        # the tag alongside the lanes (which never stall: o.ready is 1): a ring turning
+        # every cycle, in block RAM with ``queue_memory``
+        tags = m.submodules.tag_ring = Ring(shape=tag_layout, depth=LANE_LATENCY,
+                                            in_memory=cfg.queue_memory, attrs=ram_attrs)
+        m.d.comb += [tags.en.eq(1), tags.i.eq(d_tag)]
+        w_tag = tags.head
         w_valid = lanes[0].o.valid
         lane_value = [lane.o.p.value for lane in lanes]
         lane_sat = [lane.o.p.saturated for lane in lanes]
@@ -912,8 +965,20 @@ class Accelerator(wiring.Component):
         # lane; a step without a fused pool has every window of one pixel)
         # a row per output channel of a tile: R (output-stationary) or C (weight-st.)
         prows = max(R, C) if ws else R
-        pmax = [[Signal(signed(aw), name=f"pmax_{r}_{j}") for j in range(C)]
-                for r in range(prows)]
+        if ws:
+            pmax = [[Signal(signed(aw), name=f"pmax_{r}_{j}") for j in range(C)]
+                    for r in range(prows)]
+        else:
+            # output-stationary: every tile's rows come out in order, all R of them
+            # (written or not), so the rows' maxima are a ring that turns once per row,
+            # its head the current row's: no R:1 multiplexer between the maxima and the
+            # compare (it and its routing were the iCE40 critical path).  A pooling
+            # pass's rows start their windows (pfirst), so they may turn it any number
+            # of times.  In block RAM with ``queue_memory`` (and R >= 2).
+            maxima = m.submodules.max_ring = Ring(
+                shape=data.ArrayLayout(signed(aw), C), depth=R,
+                in_memory=cfg.queue_memory and R >= 2, attrs=ram_attrs)
+            m.d.comb += maxima.en.eq(w_valid)
         wvalue = []
         for j in range(C):
             v = lane_value[j]
@@ -921,12 +986,7 @@ class Accelerator(wiring.Component):
             if ws:
                 old = Array(pmax[r][j] for r in range(prows))[w_tag.row]
             else:
-                # output-stationary: every tile's rows come out in order, all R of them
-                # (written or not), so the row's maximum is the head of a ring that turns
-                # once per row: no R:1 multiplexer between the maxima and the compare (it
-                # and its routing were the iCE40 critical path).  A pooling pass's rows
-                # start their windows (pfirst), so they may turn it any number of times.
-                old = pmax[0][j]
+                old = maxima.head[j]
             m.d.comb += mx.eq(Mux(w_tag.pfirst | (v > old), v, old))
             wvalue.append(mx)
             if ws:
@@ -936,9 +996,7 @@ class Accelerator(wiring.Component):
                             with m.Case(r):
                                 m.d.sync += pmax[r][j].eq(mx)
             else:
-                with m.If(w_valid):
-                    m.d.sync += [pmax[r][j].eq(pmax[r + 1][j]) for r in range(R - 1)]
-                    m.d.sync += pmax[R - 1][j].eq(Mux(w_write, mx, old))
+                m.d.comb += maxima.i[j].eq(Mux(w_write, mx, old))
         write_en = Signal()
         m.d.comb += write_en.eq(w_valid & w_write & w_tag.inwin & w_tag.plast)
         write_addr = Signal(_u(P.act_words - 1))

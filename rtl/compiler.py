@@ -118,6 +118,13 @@ class ArrayConfig:
         and its accumulator, one more cycle of array latency
         (:func:`~systolic.rtl.array.array_latency`).  For the ECP5 presets, whose DSP
         blocks spread over the die.
+    queue_memory : bool
+        Output-stationary only: the output path's two rings (the rows' tags beside the
+        requantization lanes, and the fused pool's running maxima, one per row of a
+        tile) in memory (:class:`~systolic.rtl.ring.Ring`; block RAM on the iCE40, three
+        blocks for an 8x2 array) instead of flip-flops, each of which takes an iCE40
+        logic cell of its own (~180 of the 5,280 for the 8x2).  Same cycles.  For the
+        iCE40 presets.
 
     Raises
     ------
@@ -137,6 +144,7 @@ class ArrayConfig:
     interconnect: str = "systolic"
     registered_memories: bool = False
     product_register: bool = False
+    queue_memory: bool = False
 
     def __post_init__(self):
         check_int("Array rows", self.rows, 1, MAX_SIZE)
@@ -163,6 +171,11 @@ class ArrayConfig:
             raise TypeError(f"Registered memories must be a bool, not "
                             f"{self.registered_memories!r}")
         check_product_register(self.product_register, self.dataflow, self.interconnect)
+        if not isinstance(self.queue_memory, bool):
+            raise TypeError(f"Queue memory must be a bool, not {self.queue_memory!r}")
+        if self.queue_memory and self.dataflow != "os":
+            raise ValueError(f"Queues in memory are implemented for the output-stationary "
+                             f"dataflow, not {self.dataflow!r}")
         if self.registered_memories and self.dataflow != "os":
             raise ValueError(f"Registered memories are implemented for the output-stationary "
                              f"dataflow, not {self.dataflow!r}")
@@ -188,6 +201,8 @@ class ArrayConfig:
             parts.append("registered memories")
         if self.product_register:
             parts.append("product register")
+        if self.queue_memory:
+            parts.append("queues in memory")
         return f"{self.rows}x{self.cols} array ({', '.join(parts)})"
 
     @classmethod

@@ -33,7 +33,7 @@ def test_emit_board_top_rtlil(tmp_path, capsys):
         assert re.search(rf"wire width {width} {direction} \d+ +\\{port}\n", head), port
     # the board's preset: 8x2 packed SB_MAC16 (modelled in fabric without a platform)
     assert ("top of mnist-tiny on a 4x2 array (os, broadcast, sb_mac16 multipliers, "
-            "weights in spram)") in capsys.readouterr().out
+            "weights in spram, queues in memory)") in capsys.readouterr().out
 
 
 def test_emit_rejects_a_bad_array(tmp_path, capsys):

@@ -228,6 +228,28 @@ def test_registered_memories_bit_exact(seed, rows, cols, fuse, interconnect):
     check(program, random_input(rng, net, cols))
 
 
+@pytest.mark.parametrize("stochastic", [True, False], ids=["sr", "no-sr"])
+@pytest.mark.parametrize("interconnect", ["systolic", "broadcast"])
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("seed,rows,cols", CASES, ids=[f"seed={s}-{r}x{c}" for s, r, c in CASES])
+def test_queues_in_memory_bit_exact(seed, rows, cols, fuse, interconnect, stochastic):
+    """The iCE40 presets' queues in memory (the tile metadata, the rows' tags, the fused
+    pool's maxima): same outputs and counters in the same cycles, fused and separate
+    pooling passes, R = 1 (whose maxima stay in a register) included, with and without
+    the stochastic-rounding generator (whose flat index the metadata then carries)."""
+    rng = np.random.default_rng(seed)
+    net = random_network(rng, max_layers=3, max_size=7, max_channels=4)
+    if not stochastic:
+        # without the generator, the stochastic layers round to nearest even
+        net = dataclasses.replace(net, layers=[
+            dataclasses.replace(l, rounding="nearest_even")
+            if getattr(l, "rounding", None) == "stochastic" else l for l in net.layers])
+    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=fuse,
+                                               interconnect=interconnect, queue_memory=True,
+                                               stochastic=stochastic))
+    check(program, random_input(rng, net, cols))
+
+
 def test_registered_memories_cover_pooling_passes():
     """The cases above include a separate pooling pass and a fused pool."""
     kinds = set()

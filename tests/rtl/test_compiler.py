@@ -38,6 +38,9 @@ def small_net(*extra, stochastic=False):
     (dict(stochastic=1), TypeError, r"Stochastic must be a bool, not 1"),
     (dict(fuse_pool="yes"), TypeError, r"Fuse pool must be a bool, not 'yes'"),
     (dict(registered_memories=1), TypeError, r"Registered memories must be a bool, not 1"),
+    (dict(queue_memory="yes"), TypeError, r"Queue memory must be a bool, not 'yes'"),
+    (dict(queue_memory=True, dataflow="ws"), ValueError,
+     r"Queues in memory are implemented for the output-stationary dataflow, not 'ws'"),
     (dict(product_register=1), TypeError, r"Product register must be a bool, not 1"),
     (dict(product_register=True, interconnect="broadcast"), ValueError,
      r"Product register is implemented for the output-stationary systolic array, not os "
