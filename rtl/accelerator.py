@@ -555,7 +555,8 @@ class Accelerator(wiring.Component):
                 Signal(name=f"last_{n}") for n in ("kx", "ky", "ci", "dy", "ox", "band",
                                                   "ct"))
         last_beat = Signal()
-        m.d.comb += last_beat.eq(last_kx & last_ky & last_ci)
+        if ws:
+            m.d.comb += last_beat.eq(last_kx & last_ky & last_ci)
 
         # -- stage 1: memory outputs and the beat's control --------------------------------
         s1_valid = Signal()
@@ -629,96 +630,137 @@ class Accelerator(wiring.Component):
             if not ws:
                 m.d.sync += stmt
 
-        # counters advance with each issued beat
+        # Counters advance with each issued beat.  Each loop level's update is its own
+        # block under a flat condition (the levels are mutually exclusive): as nested
+        # ``If``s the conditions were a chain of ANDs seven LUTs deep in front of the
+        # counters' enables, the iCE40 critical path.  Output-stationary, the ANDs of
+        # the loops' "last" flags are registers too (``end_ky``: kx and ky are at their
+        # last values, ``end_ci``: the beat is the tile's last; ``end_ox``, ``end_band``,
+        # ``end_ct``: dy and ox, and band, and ct are), each set by the level that moves
+        # from the new flag values, so every condition is an AND of at most four
+        # flip-flops.
+        if ws:
+            end_ky, end_ci = last_kx & last_ky, last_beat
+            end_ox = last_dy & last_ox
+            end_band = end_ox & last_band
+            end_ct = end_band & last_ct
+        else:
+            end_ky, end_ci, end_ox, end_band, end_ct = (
+                Signal(name=f"end_{n}") for n in ("ky", "ci", "ox", "band", "ct"))
+            m.d.comb += last_beat.eq(end_ci)
+
+        def inner_flags(kx_, ky_, ci_):
+            """The inner levels' ANDs for new flag values."""
+            flag([end_ky.eq(kx_ & ky_), end_ci.eq(kx_ & ky_ & ci_)])
+
+        def outer_flags(dy_, ox_, band_, ct_):
+            """The outer levels' ANDs for new flag values."""
+            flag([end_ox.eq(dy_ & ox_), end_band.eq(dy_ & ox_ & band_),
+                  end_ct.eq(dy_ & ox_ & band_ & ct_)])
+
+        tile_end = Signal()
+        m.d.comb += tile_end.eq(issue & end_ci)
+        kw1, kh1, cin1 = p.kw == 1, p.kh == 1, p.cin == 1
         with m.If(issue):
             m.d.sync += kcount.eq(kcount + 1)
-            with m.If(~last_kx):
-                m.d.sync += kx.eq(kx + 1)
-                flag(last_kx.eq(kx + 2 == p.kw))
-                flag(raddr.eq(raddr + 1))
+        # kx
+        with m.If(issue & ~last_kx):
+            m.d.sync += kx.eq(kx + 1)
+            flag([last_kx.eq(kx + 2 == p.kw), raddr.eq(raddr + 1)])
+            inner_flags(kx + 2 == p.kw, last_ky, last_ci)
+        with m.If(issue & last_kx):
+            m.d.sync += kx.eq(0)
+            flag(last_kx.eq(kw1))
+        # ky
+        with m.If(issue & last_kx & ~end_ky):
+            m.d.sync += [ky.eq(ky + 1), kyw.eq(kyw + p.w)]
+            flag([last_ky.eq(ky + 2 == p.kh), raddr.eq(raddr + p.d_ky)])
+            inner_flags(kw1, ky + 2 == p.kh, last_ci)
+        with m.If(issue & end_ky):
+            m.d.sync += [ky.eq(0), kyw.eq(0)]
+            flag(last_ky.eq(kh1))
+        # ci
+        with m.If(issue & end_ky & ~end_ci):
+            m.d.sync += [ci.eq(ci + 1), cioff.eq(cioff + p.hw)]
+            flag([last_ci.eq(ci + 2 == p.cin), raddr.eq(raddr + p.d_ci)])
+            inner_flags(kw1, kh1, ci + 2 == p.cin)
+        # the tile (output pixel) is complete
+        with m.If(tile_end):
+            m.d.sync += [ci.eq(0), cioff.eq(0), kcount.eq(0)]
+            flag(last_ci.eq(cin1))
+            inner_flags(kw1, kh1, cin1)
+        # dy: the next row of the band
+        with m.If(tile_end & ~last_dy):
+            step_w = Mux(p.stride == 2, p.w << 1, p.w)
+            m.d.sync += [dy.eq(dy + 1), yb.eq(yb + p.stride), ybw.eq(ybw + step_w),
+                         pix.eq(pix + p.wo)]
+            # (constants, not kp_eff: its compare was the iCE40 critical path into this
+            # flag)
+            new_dy = dy == Mux(last_band, p.lkp_m2, p.kp_m2)
+            flag([last_dy.eq(new_dy), raddr.eq(pix_a + p.step_w),
+                  pix_a.eq(pix_a + p.step_w)])
+            outer_flags(new_dy, last_ox, last_band, last_ct)
+        # ox: the next column of the band
+        with m.If(tile_end & last_dy & ~end_ox):
+            m.d.sync += [dy.eq(0), ox.eq(ox + 1), xb.eq(xb + p.stride),
+                         yb.eq(band_yb), ybw.eq(band_ybw), pix.eq(band_pix + ox + 1)]
+            new_dy = Mux(last_band, p.lkp_1, p.kp_1)
+            flag([last_dy.eq(new_dy), last_ox.eq(ox + 2 == p.wo),
+                  raddr.eq(col_a + p.stride), pix_a.eq(col_a + p.stride),
+                  col_a.eq(col_a + p.stride)])
+            outer_flags(new_dy, ox + 2 == p.wo, last_band, last_ct)
+            with m.If(dx == p.kp - 1):
+                m.d.sync += [dx.eq(0), px.eq(px + 1)]
             with m.Else():
-                m.d.sync += kx.eq(0)
-                flag(last_kx.eq(p.kw == 1))
-                with m.If(~last_ky):
-                    m.d.sync += [ky.eq(ky + 1), kyw.eq(kyw + p.w)]
-                    flag([last_ky.eq(ky + 2 == p.kh), raddr.eq(raddr + p.d_ky)])
-                with m.Else():
-                    m.d.sync += [ky.eq(0), kyw.eq(0)]
-                    flag(last_ky.eq(p.kh == 1))
-                    with m.If(~last_ci):
-                        m.d.sync += [ci.eq(ci + 1), cioff.eq(cioff + p.hw)]
-                        flag([last_ci.eq(ci + 2 == p.cin), raddr.eq(raddr + p.d_ci)])
-                    with m.Else():
-                        # the tile (output pixel) is complete
-                        m.d.sync += [ci.eq(0), cioff.eq(0), kcount.eq(0)]
-                        flag(last_ci.eq(p.cin == 1))
-                        step_w = Mux(p.stride == 2, p.w << 1, p.w)
-                        with m.If(~last_dy):
-                            m.d.sync += [dy.eq(dy + 1), yb.eq(yb + p.stride),
-                                         ybw.eq(ybw + step_w), pix.eq(pix + p.wo)]
-                            # (constants, not kp_eff: its compare was the iCE40
-                            # critical path into this flag)
-                            flag([last_dy.eq(dy == Mux(last_band, p.lkp_m2, p.kp_m2)),
-                                  raddr.eq(pix_a + p.step_w), pix_a.eq(pix_a + p.step_w)])
-                        with m.Elif(~last_ox):
-                            m.d.sync += [dy.eq(0), ox.eq(ox + 1), xb.eq(xb + p.stride),
-                                         yb.eq(band_yb), ybw.eq(band_ybw),
-                                         pix.eq(band_pix + ox + 1)]
-                            flag([last_dy.eq(Mux(last_band, p.lkp_1, p.kp_1)),
-                                  last_ox.eq(ox + 2 == p.wo),
-                                  raddr.eq(col_a + p.stride), pix_a.eq(col_a + p.stride),
-                                  col_a.eq(col_a + p.stride)])
-                            with m.If(dx == p.kp - 1):
-                                m.d.sync += [dx.eq(0), px.eq(px + 1)]
-                            with m.Else():
-                                m.d.sync += dx.eq(dx + 1)
-                        with m.Else():
-                            m.d.sync += [dy.eq(0), ox.eq(0), xb.eq(-p.left), dx.eq(0),
-                                         px.eq(0)]
-                            flag(last_ox.eq(p.wo == 1))
-                            with m.If(~last_band):
-                                # the next band: ho_left - kp rows left (> 0)
-                                # whether the band after the next is the last:
-                                # ho_left - kp <= 2 kp
-                                flag([last_band.eq(next_last),
-                                      next_last.eq(ho_left <= p.kp3),
-                                      last_dy.eq(Mux(next_last, p.lkp_1, p.kp_1))])
-                                nxt = band_a + p.band_ywstep
-                                flag([raddr.eq(nxt), pix_a.eq(nxt), col_a.eq(nxt),
-                                      band_a.eq(nxt)])
-                                m.d.sync += [
-                                    band.eq(band + 1), ho_left.eq(ho_left - p.kp),
-                                    band_yb.eq(band_yb + p.band_ystep),
-                                    band_ybw.eq(band_ybw + p.band_ywstep),
-                                    band_pix.eq(band_pix + p.band_pixstep),
-                                    pidx_band.eq(pidx_band + p.wp),
-                                    yb.eq(band_yb + p.band_ystep),
-                                    ybw.eq(band_ybw + p.band_ywstep),
-                                    pix.eq(band_pix + p.band_pixstep),
-                                ]
-                            with m.Else():
-                                m.d.sync += [band.eq(0), ho_left.eq(p.ho),
-                                             band_yb.eq(-p.top), band_ybw.eq(p.ybw0),
-                                             band_pix.eq(0), pidx_band.eq(0),
-                                             yb.eq(-p.top), ybw.eq(p.ybw0), pix.eq(0)]
-                                flag([last_band.eq(p.ho <= p.kp),
-                                      next_last.eq(p.nl0),
-                                      last_dy.eq((p.ho == 1) | (p.kp == 1))])
-                                with m.If(~last_ct):
-                                    flag(last_ct.eq(ct + 2 == p.ct_count))
-                                    # a pooling pass's next channel plane (tplane + hw)
-                                    nxt = tile_a + Mux(p.pool, p.hw, 0)
-                                    flag([raddr.eq(nxt), pix_a.eq(nxt), col_a.eq(nxt),
-                                          band_a.eq(nxt), tile_a.eq(nxt)])
-                                    m.d.sync += [ct.eq(ct + 1),
-                                                 ct_index.eq(ct_index + p.ct_index_step),
-                                                 ct_pindex.eq(ct_pindex + p.ct_pindex_step)]
-                                    with m.If(p.pool):
-                                        m.d.sync += tplane.eq(tplane + p.hw)
-                                    with m.Else():
-                                        m.d.sync += wt.eq(wt + p.k)
-                                with m.Else():
-                                    m.d.sync += [issued.eq(1), run_gen.eq(0)]
+                m.d.sync += dx.eq(dx + 1)
+        with m.If(tile_end & end_ox):
+            m.d.sync += [dy.eq(0), ox.eq(0), xb.eq(-p.left), dx.eq(0), px.eq(0)]
+            flag(last_ox.eq(p.wo == 1))
+        # band: the next band of kp output rows (ho_left - kp rows left, > 0)
+        with m.If(tile_end & end_ox & ~end_band):
+            # whether the band after the next is the last: ho_left - kp <= 2 kp
+            new_dy = Mux(next_last, p.lkp_1, p.kp_1)
+            flag([last_band.eq(next_last), next_last.eq(ho_left <= p.kp3),
+                  last_dy.eq(new_dy)])
+            outer_flags(new_dy, p.wo == 1, next_last, last_ct)
+            nxt = band_a + p.band_ywstep
+            flag([raddr.eq(nxt), pix_a.eq(nxt), col_a.eq(nxt), band_a.eq(nxt)])
+            m.d.sync += [
+                band.eq(band + 1), ho_left.eq(ho_left - p.kp),
+                band_yb.eq(band_yb + p.band_ystep),
+                band_ybw.eq(band_ybw + p.band_ywstep),
+                band_pix.eq(band_pix + p.band_pixstep),
+                pidx_band.eq(pidx_band + p.wp),
+                yb.eq(band_yb + p.band_ystep),
+                ybw.eq(band_ybw + p.band_ywstep),
+                pix.eq(band_pix + p.band_pixstep),
+            ]
+        with m.If(tile_end & end_band):
+            m.d.sync += [band.eq(0), ho_left.eq(p.ho),
+                         band_yb.eq(-p.top), band_ybw.eq(p.ybw0),
+                         band_pix.eq(0), pidx_band.eq(0),
+                         yb.eq(-p.top), ybw.eq(p.ybw0), pix.eq(0)]
+            new_dy = (p.ho == 1) | (p.kp == 1)
+            flag([last_band.eq(p.ho <= p.kp), next_last.eq(p.nl0), last_dy.eq(new_dy)])
+            outer_flags(new_dy, p.wo == 1, p.ho <= p.kp, last_ct)
+        # ct: the next channel tile (or pooling plane)
+        with m.If(tile_end & end_band & ~end_ct):
+            flag(last_ct.eq(ct + 2 == p.ct_count))
+            outer_flags((p.ho == 1) | (p.kp == 1), p.wo == 1, p.ho <= p.kp,
+                        ct + 2 == p.ct_count)
+            # a pooling pass's next channel plane (tplane + hw)
+            nxt = tile_a + Mux(p.pool, p.hw, 0)
+            flag([raddr.eq(nxt), pix_a.eq(nxt), col_a.eq(nxt), band_a.eq(nxt),
+                  tile_a.eq(nxt)])
+            m.d.sync += [ct.eq(ct + 1),
+                         ct_index.eq(ct_index + p.ct_index_step),
+                         ct_pindex.eq(ct_pindex + p.ct_pindex_step)]
+            with m.If(p.pool):
+                m.d.sync += tplane.eq(tplane + p.hw)
+            with m.Else():
+                m.d.sync += wt.eq(wt + p.k)
+        with m.If(tile_end & end_ct):
+            m.d.sync += [issued.eq(1), run_gen.eq(0)]
 
         # -- the array and its tile metadata ---------------------------------------------
         if not ws:
@@ -754,11 +796,21 @@ class Accelerator(wiring.Component):
             # cycle, so "two free entries" a cycle ago means one now.  The FIFO is sized
             # for every tile in flight, so this never stalls a run; combinational, the
             # FIFO's level compare fed the address generator's enables through
-            # ``advance`` (an iCE40 critical path).
-            room_r = Signal()
-            m.d.sync += room_r.eq(meta.level + 2 <= in_flight)
+            # ``advance`` (an iCE40 critical path).  Without the array's tile rule
+            # nothing in a run waits at all (the array, the lanes and the writer take a
+            # beat every cycle, and the queue holds every tile in flight: an entry lives
+            # from its tile's last beat to its last row, latency + R cycles, and tiles are
+            # at least R cycles apart), so there the generator never stops: ``advance``
+            # is 1 and the counters' enables are ANDs of their loops' flags alone (on
+            # the iCE40 8x2 array the room and skid logic in front of them were the
+            # critical path).
             room = Signal()
-            m.d.comb += room.eq(~s1_last | room_r)
+            if array_stalls:
+                room_r = Signal()
+                m.d.sync += room_r.eq(meta.level + 2 <= in_flight)
+                m.d.comb += room.eq(~s1_last | room_r)
+            else:
+                m.d.comb += room.eq(1)
             # Stage 1 hands its beat to the array through a skid register: the array
             # takes stage 1's beat directly, and when it cannot (its tile rule), the beat
             # waits in the skid register while the generator takes one more step, then
@@ -802,10 +854,13 @@ class Accelerator(wiring.Component):
                 pushed.pindex.eq(s1_pindex), pushed.pfirst.eq(s1_pfirst),
                 pushed.plast.eq(s1_plast), pushed.inwin.eq(s1_inwin),
             ]
-            with m.If(p.pool):
+            if array_stalls:
+                with m.If(p.pool):
+                    m.d.comb += advance.eq(1)
+                with m.Else():
+                    m.d.comb += advance.eq(~s1_valid | (~skid_full & room))
+            else:
                 m.d.comb += advance.eq(1)
-            with m.Else():
-                m.d.comb += advance.eq(~s1_valid | (~skid_full & room))
 
             # array rows: bias of the row's channel, index = tile index + r * howo
             head = data.View(meta_layout, meta.r_data)
@@ -865,7 +920,16 @@ class Accelerator(wiring.Component):
         # first word + the row), read while the row goes into the a registers, so it is
         # out of the memory when the row is (the head changes only after its last row)
         if not ws:
-            m.d.comb += b_rd.addr.eq(head.baddr + row)
+            # A tile's R bias words start at a multiple of R (each step's R words per
+            # channel tile follow the last's), so with R a power of two the row is the
+            # address's low bits: no adder between the metadata queue (a block RAM's
+            # output on the iCE40) and the bias memory's address (that path was the
+            # iCE40 critical path of the default preset).
+            lg = R.bit_length() - 1
+            if R == 1 << lg and all(s.b_base % R == 0 for s in steps if s.kind == "matmul"):
+                m.d.comb += b_rd.addr.eq(Cat(row[:lg], head.baddr[lg:]))
+            else:
+                m.d.comb += b_rd.addr.eq(head.baddr + row)
             m.d.comb += a_bias.eq(Mux(p.pool, 0, b_rd.data.as_signed()))
         else:
             # weight-stationary: the transposer's row carries its bias
@@ -1136,6 +1200,8 @@ class Accelerator(wiring.Component):
                   last_dy.eq((p.ho == 1) | (p.kp == 1)), last_ox.eq(p.wo == 1),
                   last_band.eq(p.ho <= p.kp), next_last.eq(p.nl0),
                   last_ct.eq(p.ct_count == 1)])
+            inner_flags(p.kw == 1, p.kh == 1, p.cin == 1)
+            outer_flags((p.ho == 1) | (p.kp == 1), p.wo == 1, p.ho <= p.kp, p.ct_count == 1)
             if ws:
                 m.d.sync += ws_reset
             else:
