@@ -32,7 +32,7 @@ def test_emit_board_top_rtlil(tmp_path, capsys):
                                    (3, "output", "leds")):
         assert re.search(rf"wire width {width} {direction} \d+ +\\{port}\n", head), port
     # the board's preset: 8x2 packed SB_MAC16 (modelled in fabric without a platform)
-    assert ("top of mnist-tiny on a 4x2 array (os, broadcast, sb_mac16 multipliers, "
+    assert ("top of mnist-tiny on a 8x2 array (os, broadcast, sb_mac16 multipliers, "
             "weights in spram, queues in memory)") in capsys.readouterr().out
 
 
@@ -52,7 +52,7 @@ def test_program_without_a_bitstream(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["program", "--board", "icebreaker"]) == 1
     err = capsys.readouterr().err
-    assert err == ("systolic: error: bitstream build/icebreaker-mnist-tiny/top.bin not found: "
+    assert err == ("systolic: error: bitstream build/icebreaker-lenet5/top.bin not found: "
                    "run systolic build --board icebreaker first, or name the file\n")
 
 

@@ -41,13 +41,13 @@ NEXTPNR_STOPS = [
     ("7065/   5280   133%", "28/     30    93%",
      "ERROR: Unable to place cell 'x', no BELs remaining",
      r"^net on a 8x2 array with the link needs 7,065 logic cells \(ICESTORM_LC\) after "
-     r"synthesis; iCE40UP5K has 5,280; a smaller preset: default$"),
+     r"synthesis; iCE40UP5K has 5,280; a smaller preset: 4x2$"),
     ("5272/   5280    99%", "18/     30    60%",
      "ERROR: Unable to find legal placement for all cells, design is probably at "
      "utilisation limit.",
      r"^net on a 8x2 array with the link takes 5,272 of the 5,280 logic cells "
      r"\(ICESTORM_LC\) of iCE40UP5K, too full for nextpnr to place; a smaller preset: "
-     r"default$"),
+     r"4x2$"),
 ]
 
 
