@@ -437,7 +437,7 @@ def _parser():
     s.add_argument("--multiplier", default=None,
                    help="inferred (default), lut or sb_mac16")
     s.add_argument("--board", default=None,
-                   help="simulate this board's array preset (e.g. icebreaker: 4x2, "
+                   help="simulate this board's array preset (e.g. icebreaker: 8x2, "
                         "broadcast, packed SB_MAC16 multipliers, weights in SPRAM loaded "
                         "through the weight stream) instead of --array/--multiplier")
     s.add_argument("--preset", default="default",
