@@ -179,7 +179,7 @@ def test_cli_sim_board_preset(capsys):
                  "--images", "2"]) == 0
     out = capsys.readouterr().out
     assert ("board icebreaker's 8x2 array (os, broadcast, sb_mac16 multipliers, weights in "
-            "spram)") in out
+            "spram, queues in memory)") in out
     assert "bit-exact:         2/2 images" in out
     assert "weights:           loaded through the weight stream, 8061 beats" in out
 
