@@ -321,10 +321,22 @@ class Accelerator(wiring.Component):
             w_rd = wmem.read_port()
             w_wr = wmem.write_port()
         b_init = _pack(P.bias_image, accw)
-        bmem = m.submodules.bmem = memory.Memory(shape=unsigned(P.bias_lanes * accw),
-                                                 depth=P.bias_words, init=b_init)
-        b_rd = bmem.read_port()
-        b_wr = bmem.write_port()
+        # The bias read late: with registered memories and the stochastic-rounding
+        # generator's delay line in front of the lanes, a row's bias is first needed a
+        # cycle after the row's registers, so the bias memory's read passes the block
+        # RAM's output register too (on the ULX3S-85F the plain DP16KD read, 5.6 ns
+        # clock-to-output, into the delay line was the critical path).
+        late_bias = cfg.registered_memories and cfg.stochastic and cfg.dataflow == "os"
+        if late_bias:
+            bmem = m.submodules.bmem = RegisteredReadMemory(
+                width=P.bias_lanes * accw, depth=P.bias_words, init=b_init)
+            b_rd, b_wr = _Ports(bmem, "r"), _Ports(bmem, "w")
+            m.d.comb += b_rd.en.eq(1)
+        else:
+            bmem = m.submodules.bmem = memory.Memory(shape=unsigned(P.bias_lanes * accw),
+                                                     depth=P.bias_words, init=b_init)
+            b_rd = bmem.read_port()
+            b_wr = bmem.write_port()
         banks = []
         for j in range(C):
             if cfg.registered_memories:
@@ -930,7 +942,8 @@ class Accelerator(wiring.Component):
                 m.d.comb += b_rd.addr.eq(Cat(row[:lg], head.baddr[lg:]))
             else:
                 m.d.comb += b_rd.addr.eq(head.baddr + row)
-            m.d.comb += a_bias.eq(Mux(p.pool, 0, b_rd.data.as_signed()))
+            if not late_bias:
+                m.d.comb += a_bias.eq(Mux(p.pool, 0, b_rd.data.as_signed()))
         else:
             # weight-stationary: the transposer's row carries its bias
             ws_bias = Signal(signed(accw))
@@ -970,15 +983,22 @@ class Accelerator(wiring.Component):
             delay = rounds.latency
         else:
             delay = 0
+        # the delay line beside the generator: values without reset, valid with (the ECP5
+        # presets; nothing reads an invalid stage, and the reset's fanout is routing:
+        # see pe.py)
         d_valid, d_acc, d_bias, d_index, d_tag = a_valid, a_acc, a_bias, a_index, a_tag
         for k in range(delay):
             nv, na, nb, ni, nt = (Signal.like(d_valid, name=f"d{k}_valid"),
-                                  Signal.like(d_acc, name=f"d{k}_acc"),
-                                  Signal.like(d_bias, name=f"d{k}_bias"),
-                                  Signal.like(d_index, name=f"d{k}_index"),
-                                  Signal.like(d_tag, name=f"d{k}_tag"))
-            m.d.sync += [nv.eq(d_valid), na.eq(d_acc), nb.eq(d_bias), ni.eq(d_index),
-                         nt.eq(d_tag)]
+                                  Signal.like(d_acc, name=f"d{k}_acc", reset_less=True),
+                                  Signal.like(d_bias, name=f"d{k}_bias", reset_less=True),
+                                  Signal.like(d_index, name=f"d{k}_index", reset_less=True),
+                                  Signal.like(d_tag, name=f"d{k}_tag", reset_less=True))
+            m.d.sync += [nv.eq(d_valid), na.eq(d_acc), ni.eq(d_index), nt.eq(d_tag)]
+            if k == 0 and late_bias:
+                # the bias memory's output register is this stage's bias register
+                m.d.comb += nb.eq(Mux(p.pool, 0, b_rd.data.as_signed()))
+            else:
+                m.d.sync += nb.eq(d_bias)
             d_valid, d_acc, d_bias, d_index, d_tag = nv, na, nb, ni, nt
 
         # the lanes' shifters only as long as the program's shifts (fixed by the network's
@@ -1013,17 +1033,6 @@ class Accelerator(wiring.Component):
         w_valid = lanes[0].o.valid
         lane_value = [lane.o.p.value for lane in lanes]
         lane_sat = [lane.o.p.saturated for lane in lanes]
-        if cfg.registered_memories:
-            # the lanes' results pass a register before the running maximum's compare
-            # (one more cycle per step): routing from the lanes into the compare, its
-            # carry chain and the multiplexer were the ECP5 critical path
-            q_valid, q_tag = Signal(name="lane_valid_q"), Signal.like(w_tag, name="lane_tag_q")
-            q_value = [Signal(signed(aw), name=f"lane_{j}_value_q") for j in range(C)]
-            q_sat = [Signal(name=f"lane_{j}_sat_q") for j in range(C)]
-            m.d.sync += [q_valid.eq(w_valid), q_tag.eq(w_tag)]
-            m.d.sync += [q.eq(v) for q, v in zip(q_value + q_sat, lane_value + lane_sat)]
-            w_valid, w_tag, lane_value, lane_sat = q_valid, q_tag, q_value, q_sat
-        w_write = w_tag.write
 
         # writer: the running maximum of each row's pooling window (one value per row and
         # lane; a step without a fused pool has every window of one pixel)
@@ -1042,6 +1051,44 @@ class Accelerator(wiring.Component):
             maxima = m.submodules.max_ring = Ring(
                 shape=data.ArrayLayout(signed(aw), C), depth=R,
                 in_memory=cfg.queue_memory and R >= 2, attrs=ram_attrs)
+        # The compare a cycle early: with the lanes' register below, a row's value is
+        # known a cycle before the writer takes it, and so are the two heads it may meet
+        # (the ring's ``after`` if the ring turns at this edge, else its head).  Both
+        # compares go into that register, and the writer picks one by whether the ring
+        # turned.  The loop through the ring of maxima is then its head through one
+        # multiplexer into its tail; with the compare in it (its carry chain and the
+        # routing from the ring's 16 entries per lane and back) it was the ULX3S-85F
+        # critical path, and picking the head before the compare put the ring's enable
+        # (fanout: every entry) in front of the carry chain.
+        early = cfg.registered_memories and not ws and not maxima.in_memory and R >= 2
+        greater = None
+        if cfg.registered_memories:
+            # the lanes' results pass a register before the running maximum's compare
+            # (one more cycle per step): routing from the lanes into the compare, its
+            # carry chain and the multiplexer were the ECP5 critical path
+            q_valid = Signal(name="lane_valid_q")
+            q_tag = Signal.like(w_tag, name="lane_tag_q", reset_less=True)
+            q_value = [Signal(signed(aw), name=f"lane_{j}_value_q", reset_less=True)
+                       for j in range(C)]
+            q_sat = [Signal(name=f"lane_{j}_sat_q") for j in range(C)]
+            m.d.sync += [q_valid.eq(w_valid), q_tag.eq(w_tag)]
+            m.d.sync += [q.eq(v) for q, v in zip(q_value + q_sat, lane_value + lane_sat)]
+            if early:
+                # the ring turns at this edge if the registered row is valid: then the
+                # next cycle's head is ``after``, else ``head``
+                turned = Signal(name="max_turned")
+                m.d.sync += turned.eq(q_valid)
+                greater = []
+                for j, v in enumerate(lane_value):
+                    g_after = Signal(name=f"lane_{j}_gt_after_q")
+                    g_head = Signal(name=f"lane_{j}_gt_head_q")
+                    m.d.sync += [g_after.eq(v > maxima.after[j]), g_head.eq(v > maxima.head[j])]
+                    gt = Signal(name=f"lane_{j}_greater")
+                    m.d.comb += gt.eq(Mux(turned, g_after, g_head))
+                    greater.append(gt)
+            w_valid, w_tag, lane_value, lane_sat = q_valid, q_tag, q_value, q_sat
+        w_write = w_tag.write
+        if not ws:
             m.d.comb += maxima.en.eq(w_valid)
         wvalue = []
         for j in range(C):
@@ -1051,7 +1098,8 @@ class Accelerator(wiring.Component):
                 old = Array(pmax[r][j] for r in range(prows))[w_tag.row]
             else:
                 old = maxima.head[j]
-            m.d.comb += mx.eq(Mux(w_tag.pfirst | (v > old), v, old))
+            gt = greater[j] if greater is not None else v > old
+            m.d.comb += mx.eq(Mux(w_tag.pfirst | gt, v, old))
             wvalue.append(mx)
             if ws:
                 with m.If(w_valid & w_write):
@@ -1079,7 +1127,8 @@ class Accelerator(wiring.Component):
         # critical path.
         if cfg.registered_memories:
             q_en, q_addr = Signal(name="write_en_q"), Signal.like(write_addr, name="write_addr_q")
-            q_value = [Signal(signed(aw), name=f"wvalue_{j}_q") for j in range(C)]
+            q_value = [Signal(signed(aw), name=f"wvalue_{j}_q", reset_less=True)
+                       for j in range(C)]
             m.d.sync += [q_en.eq(write_en), q_addr.eq(write_addr)]
             m.d.sync += [q.eq(v) for q, v in zip(q_value, wvalue)]
             write_en, write_addr, wvalue = q_en, q_addr, q_value

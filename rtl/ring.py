@@ -43,7 +43,13 @@ class Ring(wiring.Component):
         The value that replaces the head at an enabled edge.
     head : Out(shape)
         The oldest entry: the ``i`` of ``depth`` enabled edges ago (zero from power-up
-        until then; after a reset the registers hold zero, the memory what it held).
+        until then; a reset leaves the entries as they were, in registers as in memory:
+        a consumer reads only entries it has written).
+    after : Out(shape)
+        Only in registers: the entry that becomes the head at an enabled edge (the ``i`` of
+        ``depth - 1`` enabled edges ago; ``i`` itself with ``depth`` 1).  With ``head`` it
+        lets a consumer compute from the next cycle's head a cycle early,
+        ``Mux(en, after, head)``, and keep the result in a register.
 
     Raises
     ------
@@ -52,7 +58,7 @@ class Ring(wiring.Component):
     ValueError
         ``in_memory`` with ``depth`` 1 (the read ahead would read the entry being written).
 
-    Timing: ``head`` is a register output (the chain's last register, or the memory's
+    Timing: ``head`` and ``after`` (with ``depth`` >= 2) are register outputs (the chain's last register, or the memory's
     read data); ``i`` and ``en`` go to registers (or the write port) only.  In memory the
     read address is the next head's, so ``en`` also drives the read address.
     """
@@ -65,7 +71,8 @@ class Ring(wiring.Component):
             raise ValueError(f"A ring in memory needs at least 2 entries, not {depth}")
         self._shape, self._depth = shape, depth
         self._in_memory, self._attrs = in_memory, attrs
-        super().__init__({"en": In(1), "i": In(shape), "head": Out(shape)})
+        super().__init__({"en": In(1), "i": In(shape), "head": Out(shape),
+                          **({} if in_memory else {"after": Out(shape)})})
 
     shape = property(lambda self: self._shape)
     depth = property(lambda self: self._depth)
@@ -74,11 +81,14 @@ class Ring(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         if not self._in_memory:
-            chain = [Signal(self._shape, name=f"entry_{k}") for k in range(self._depth)]
+            # no reset: like the memory's, and off the reset's fanout (see pe.py)
+            chain = [Signal(self._shape, name=f"entry_{k}", reset_less=True)
+                     for k in range(self._depth)]
             with m.If(self.en):
                 m.d.sync += chain[0].eq(self.i)
                 m.d.sync += [b.eq(a) for a, b in zip(chain, chain[1:])]
-            m.d.comb += self.head.eq(chain[-1])
+            m.d.comb += [self.head.eq(chain[-1]),
+                         self.after.eq(chain[-2] if self._depth >= 2 else self.i)]
             return m
         mem = m.submodules.mem = memory.Memory(shape=self._shape, depth=self._depth, init=[],
                                                attrs=self._attrs)

@@ -81,14 +81,17 @@ class Skew(wiring.Component):
         m.d.comb += self.i.ready.eq(advance)
         tags = []
         for k in range(self._lanes):
-            line = [Signal(tagged_layout(self._shape), name=f"lane{k}_{d}")
-                    for d in range(k + 1)]
+            # values without reset (only a valid beat's value is read), tags with
+            values = [Signal(self._shape, name=f"lane{k}_{d}_value", reset_less=True)
+                      for d in range(k + 1)]
+            valids = [Signal(name=f"lane{k}_{d}_valid") for d in range(k + 1)]
             with m.If(advance):
-                m.d.sync += [line[0].value.eq(self.i.payload[k]),
-                             line[0].valid.eq(self.i.valid)]
-                m.d.sync += [line[d].eq(line[d - 1]) for d in range(1, k + 1)]
-            m.d.comb += self.o.payload[k].eq(line[-1])
-            tags.append(line[-1].valid)
+                m.d.sync += [values[0].eq(self.i.payload[k]), valids[0].eq(self.i.valid)]
+                m.d.sync += [line[d].eq(line[d - 1])
+                             for line in (values, valids) for d in range(1, k + 1)]
+            m.d.comb += [self.o.payload[k].value.eq(values[-1]),
+                         self.o.payload[k].valid.eq(valids[-1])]
+            tags.append(valids[-1])
         m.d.comb += self.o.valid.eq(_any(tags))
         return m
 
@@ -150,15 +153,17 @@ class Deskew(wiring.Component):
         advance = Signal()
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
         for k in range(n):
-            line = [Signal(tagged_layout(self._shape), name=f"lane{k}_{d}")
-                    for d in range(n - k)]
+            values = [Signal(self._shape, name=f"lane{k}_{d}_value", reset_less=True)
+                      for d in range(n - k)]
+            valids = [Signal(name=f"lane{k}_{d}_valid") for d in range(n - k)]
             with m.If(advance):
-                m.d.sync += [line[0].value.eq(self.i.payload[k].value),
-                             line[0].valid.eq(self.i.payload[k].valid & self.i.valid)]
-                m.d.sync += [line[d].eq(line[d - 1]) for d in range(1, n - k)]
-            m.d.comb += self.o.payload[k].eq(line[-1].value)
+                m.d.sync += [values[0].eq(self.i.payload[k].value),
+                             valids[0].eq(self.i.payload[k].valid & self.i.valid)]
+                m.d.sync += [line[d].eq(line[d - 1])
+                             for line in (values, valids) for d in range(1, n - k)]
+            m.d.comb += self.o.payload[k].eq(values[-1])
             if k == n - 1:
-                m.d.comb += self.o.valid.eq(line[-1].valid)
+                m.d.comb += self.o.valid.eq(valids[-1])
         return m
 
 

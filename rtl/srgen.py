@@ -160,7 +160,9 @@ class SRRounds(wiring.Component):
             m.d.comb += Cat(xn, yn).eq(Cat(*speck_round(x, y, self.keys[_W * j:_W * (j + 1)])))
             x, y = xn, yn
             if (j + 1) % self._rounds_per_stage == 0 or j == srgen.ROUNDS - 1:
-                xr, yr = Signal(_W, name=f"x_r{j}"), Signal(_W, name=f"y_r{j}")
+                # data: no reset (the caller's valid flags go alongside)
+                xr = Signal(_W, name=f"x_r{j}", reset_less=True)
+                yr = Signal(_W, name=f"y_r{j}", reset_less=True)
                 with m.If(self.enable):
                     m.d.sync += [xr.eq(x), yr.eq(y)]
                 x, y = xr, yr

@@ -9,6 +9,7 @@ import itertools
 
 import numpy as np
 import pytest
+from amaranth.hdl import ResetInserter, Signal
 from amaranth.sim import Simulator
 
 from systolic.golden.errors import ConstraintError
@@ -21,7 +22,7 @@ from systolic.rtl.requant import MODE
 
 
 def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=None,
-             weights=None, counter_port=False, runs=1):
+             weights=None, counter_port=False, runs=1, abort=None):
     """Run one batch in the Amaranth simulator; returns (outputs (N, *out_shape), counters).
 
     ``gaps``/``stalls``: a numpy Generator to insert idle input cycles and output
@@ -29,7 +30,8 @@ def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=Non
     (:func:`~systolic.rtl.accelerator.weight_beats`) sent before the images.
     ``counter_port``: the accelerator's counter port form, its words read one by one
     after the run.  ``runs``: the batch is run that many times (the counters are the last
-    run's)."""
+    run's).  ``abort``: ``(images, cycles)``, a batch started first and cut by a reset
+    after that many cycles (its outputs taken and dropped)."""
     net = program.network
     L = len(net.layers)
     C = program.config.cols
@@ -52,6 +54,8 @@ def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=Non
             ctx.set(dut.w.payload, beat)
             await ctx.tick().until(dut.w.ready)
         ctx.set(dut.w.valid, 0)
+        if abort is not None:
+            await aborted_run(ctx, *abort)
         for _ in range(runs):
             await one_run(ctx)
         if counter_port:
@@ -67,6 +71,24 @@ def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=Non
             result["layer_cycles"] = [ctx.get(dut.layer_cycles[j]) for j in range(L)]
             result["saturations"] = [ctx.get(dut.saturations[j]) for j in range(L)]
             result["beats"] = ctx.get(dut.beats)
+
+    async def aborted_run(ctx, images, cycles):
+        first = np.zeros((C, program.input_words), dtype=np.int64)
+        first[:len(images)] = np.asarray(images).reshape(len(images), -1)
+        e = 0
+        ctx.set(dut.o.ready, 1)
+        for _ in range(cycles):
+            ctx.set(dut.i.valid, e < program.input_words)
+            if e < program.input_words:
+                for j in range(C):
+                    ctx.set(dut.i.payload[j], int(first[j, e]))
+            await ctx.tick()
+            e += ctx.get(dut.i.valid) and ctx.get(dut.i.ready)
+        result["aborted_busy"] = ctx.get(dut.busy)
+        ctx.set(dut.i.valid, 0)
+        ctx.set(reset, 1)
+        await ctx.tick()
+        ctx.set(reset, 0)
 
     async def one_run(ctx):
         for e in range(program.input_words):
@@ -105,12 +127,14 @@ def simulate(program, images, *, rounding=None, seed=None, gaps=None, stalls=Non
                 result["stalls"] = result.get("stalls", 0) + 1
             await ctx.tick()
 
-    sim = Simulator(dut)
+    reset = Signal()
+    sim = Simulator(ResetInserter(reset)(dut) if abort is not None else dut)
     sim.add_clock(1e-6)
     sim.add_testbench(testbench)
     slack = 4 if gaps is not None or stalls is not None else 1
     sim.run_until(1e-6 * (runs * (program.cycles + slack * (
-        program.input_words + program.output_words) + 200) + len(weights or ()) + 2 * L))
+        program.input_words + program.output_words) + 200) + len(weights or ()) + 2 * L
+        + (abort[1] + 1 if abort is not None else 0)))
     assert result, "the accelerator did not finish"
     return out[:n].reshape(n, *net.output_shape), result
 
@@ -248,6 +272,31 @@ def test_queues_in_memory_bit_exact(seed, rows, cols, fuse, interconnect, stocha
                                                interconnect=interconnect, queue_memory=True,
                                                stochastic=stochastic))
     check(program, random_input(rng, net, cols))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["ecp5", "ice40"])
+def test_reset_mid_run_leaves_no_trace(preset):
+    """mnist-tiny on real images: a batch cut by a reset at a random cycle of its run,
+    then another batch, bit-exact with the same counters.  Many datapath registers have
+    no reset (the PEs' operands and drain slots, the skew lines, the rings, the
+    generator's rounds and delay line: only their valid flags and the control have), so
+    this shows that no stale value of the cut batch is read.  (Random networks are no good here: their logits are
+    mostly saturated, the same for any input.)"""
+    from systolic.golden import datasets, models
+    seed = 7 if preset == "ecp5" else 8
+    rng = np.random.default_rng(seed)
+    net = models.load("mnist-tiny")
+    extra = (dict(registered_memories=True, product_register=True) if preset == "ecp5"
+             else dict(queue_memory=True, interconnect="broadcast"))
+    program = compile_network(net, ArrayConfig(rows=8, cols=2, fuse_pool=True, **extra))
+    images, _ = datasets.mnist("holdout")
+    pick = rng.choice(len(images), 4, replace=False)
+    first, x = (models.mnist_input(net, images[pick[k:k + 2]]) for k in (0, 2))
+    cut = int(rng.integers(program.input_words + program.cycles // 4, program.cycles))
+    counters, want = check(program, x, abort=(first, cut))
+    assert counters["aborted_busy"], f"seed {seed}: the reset at cycle {cut} found no run"
+    assert len(np.unique(want.logits)) > 10, f"seed {seed}: degenerate logits"
 
 
 def test_registered_memories_cover_pooling_passes():
@@ -464,3 +513,35 @@ def test_ws_weights_loaded_at_run_time(memory):
     other = _new_weights(rng, net) if memory == "bram" else net
     check(program, random_input(rng, net, 3), network=other,
           weights=weight_beats(program, other))
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["plain", "registered"])
+@pytest.mark.parametrize("seed,rows,cols", [(21, 2, 3), (22, 3, 2), (23, 4, 1), (24, 1, 2)],
+                         ids=lambda v: str(v))
+def test_fused_max_pool_is_the_output(seed, rows, cols, registered):
+    """A conv whose fused 2x2 max pool is the network's output, so every pooled value is
+    compared (a pool inside a random network mostly disappears behind saturated dense
+    layers).  With registered memories the running maximum's compare is made a cycle
+    early against the ring's coming head; input gaps and output stalls change when the
+    ring turns.  Coverage: the maximum is often not the window's first value."""
+    from systolic.golden.ir import Conv2d, MaxPool2d, QNetwork
+    from systolic.golden.qformat import QFormat
+    rng = np.random.default_rng(seed)
+    f = QFormat(8, 3)
+    net = QNetwork((2, 8, 6), f, [
+        Conv2d(weight=rng.integers(-128, 128, (5, 2, 3, 3)), weight_format=f,
+               out_format=QFormat(8, -3), padding="same", rounding="nearest_even"),
+        MaxPool2d(kernel=2)], seed=seed)
+    program = compile_network(net, ArrayConfig(rows=rows, cols=cols, fuse_pool=True,
+                                               registered_memories=registered))
+    assert program.steps[-1].fused_pool == 2
+    x = random_input(rng, net, cols)
+    counters, want = check(program, x, gaps=np.random.default_rng(seed),
+                           stalls=np.random.default_rng(seed + 1))
+    assert counters.get("gaps", 0) > 0 and counters.get("stalls", 0) > 0, counters
+    conv = want.tensors[1]
+    windows = conv.reshape(*conv.shape[:2], 4, 2, 3, 2).transpose(0, 1, 2, 4, 3, 5)
+    windows = windows.reshape(*windows.shape[:4], 4)
+    later = (windows[..., 1:].max(-1) > windows[..., 0]).mean()
+    assert 0.3 < later < 1, f"seed={seed}: the maximum came later in {later:.0%} of windows"
+    assert len(np.unique(want.logits)) > 20, f"seed={seed}: degenerate pooled values"

@@ -14,8 +14,9 @@ from amaranth.sim import Simulator
 from systolic.rtl.ring import Ring
 
 
-def run_ring(dut, values, enables):
-    """Drive ``values``/``enables`` one per cycle; return ``head`` at every cycle."""
+def run_ring(dut, values, enables, afters=None):
+    """Drive ``values``/``enables`` one per cycle; return ``head`` at every cycle (and
+    append ``after`` to ``afters`` at every cycle, if given)."""
     heads = []
 
     async def testbench(ctx):
@@ -23,6 +24,8 @@ def run_ring(dut, values, enables):
             ctx.set(dut.i, v)
             ctx.set(dut.en, e)
             heads.append(ctx.get(dut.head))
+            if afters is not None:
+                afters.append(ctx.get(dut.after))
             await ctx.tick()
 
     sim = Simulator(dut)
@@ -56,8 +59,14 @@ def test_ring_matches_model(depth, in_memory, p_en):
     values = [int(v) for v in rng.integers(-128, 128, n)]
     enables = [int(e) for e in rng.random(n) < p_en]
     dut = Ring(shape=signed(8), depth=depth, in_memory=in_memory)
-    heads = run_ring(dut, values, enables)
-    assert heads == model(depth, values, enables), f"seed={seed}"
+    afters = None if in_memory else []
+    heads = run_ring(dut, values, enables, afters)
+    want = model(depth, values, enables)
+    assert heads == want, f"seed={seed}"
+    if afters is not None:
+        # ``after`` is the head that an enabled edge brings: the model's next head
+        taken = [h for h, e in zip(want[1:], enables) if e]
+        assert [a for a, e in zip(afters, enables[:-1]) if e] == taken, f"seed={seed}"
     assert sum(enables) > 2 * depth and len(set(heads)) > depth    # it turned, values moved
     if p_en < 1:
         assert 0 in enables                                        # and it held
