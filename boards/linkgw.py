@@ -436,7 +436,13 @@ class LinkEngine(wiring.Component):
                 m.d.sync += [running.eq(0), done.eq(1)]
 
         # -- command registers ----------------------------------------------------------
-        args = Signal(48)                   # payload bytes 0..5
+        # The registers that take the frame buffer's bytes (args, beat, shadow, byte_r):
+        # with registered buffers (the ECP5) they have no reset, so that the block RAM's
+        # read data (a DP16KD's 5.8 ns clock-to-output) go straight into their data
+        # inputs; with the reset a LUT stood between them, and that was the critical
+        # path of both ULX3S builds (8.5 ns of the 8 ns period).  Each is written before
+        # it is read in every command.
+        args = Signal(48, reset_less=reg)   # payload bytes 0..5
         arg = [args[8 * k:8 * k + 8] for k in range(6)]
         off16 = args[:16]
         status = Signal(8)
@@ -449,10 +455,10 @@ class LinkEngine(wiring.Component):
         # output beat / counter word index: CHECK has range-checked what is loaded
         e = Signal(range(max(OW, NC) + 1))
         last_e = Signal.like(e)
-        beat = Signal(8 * max(WB, IB))
-        shadow = Signal(2 * L)
+        beat = Signal(8 * max(WB, IB), reset_less=reg)
+        shadow = Signal(2 * L, reset_less=reg)
         bad = Signal()
-        byte_r = Signal(8)
+        byte_r = Signal(8, reset_less=reg)
         word = Signal(max(C * aw, 32))
 
         desc_bytes = d.to_bytes()
@@ -637,14 +643,19 @@ class LinkEngine(wiring.Component):
             # SET_REGISTERS: rounding bytes 5..5+L-1 into a shadow, then all or nothing
             with m.State("REGS"):
                 m.d.comb += self.rd_addr.eq(6 + k)
-                m.d.sync += [shadow.eq(Cat(shadow[2:], self.rd_data[:2])), k.eq(k + 1)]
+                m.d.sync += k.eq(k + 1)
                 if reg:
-                    # a byte is range-checked from its copy a cycle later: the check on
-                    # the block RAM's output was the ECP5 critical path
+                    # a byte is range-checked and shifted in from its copy a cycle later
+                    # (the last one in REGS_COMMIT): the check on the block RAM's output
+                    # was an ECP5 critical path, and so was the shift (the DP16KD's 5.8 ns
+                    # clock-to-output and a LUT in front of the shadow's registers)
                     m.d.sync += byte_r.eq(self.rd_data)
-                    with m.If((k != 0) & (byte_r > 2)):
-                        m.d.sync += bad.eq(1)
+                    with m.If(k != 0):
+                        m.d.sync += shadow.eq(Cat(shadow[2:], byte_r[:2]))
+                        with m.If(byte_r > 2):
+                            m.d.sync += bad.eq(1)
                 else:
+                    m.d.sync += shadow.eq(Cat(shadow[2:], self.rd_data[:2]))
                     with m.If(self.rd_data > 2):
                         m.d.sync += bad.eq(1)
                 with m.If(k == L - 1):
@@ -653,7 +664,8 @@ class LinkEngine(wiring.Component):
                 with m.If(bad | (byte_r > 2) if reg else bad):
                     respond(S["BAD_ARG"])
                 with m.Else():
-                    m.d.sync += [images.eq(arg[0]), seed.eq(args[8:40]), rounding.eq(shadow)]
+                    m.d.sync += [images.eq(arg[0]), seed.eq(args[8:40]),
+                                 rounding.eq(Cat(shadow[2:], byte_r[:2]) if reg else shadow)]
                     respond(S["OK"])
 
             # WRITE_WEIGHTS: WB bytes per beat into the w stream
