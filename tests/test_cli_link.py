@@ -195,10 +195,14 @@ def test_serve_process_answers_and_stops_on_sigint():
     target = board("icebreaker")
     program = compile_network(models.load(target.default_network), target.preset())
     port = free_port()
+    # SIGINT back to its default in the child, as a terminal would have it: a runner
+    # started in the background of a non-interactive shell ignores SIGINT, every process
+    # below it inherits that, and Python then never turns Ctrl-C into KeyboardInterrupt
     proc = subprocess.Popen(
         [sys.executable, "-m", "systolic.cli", "serve", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         deadline = time.monotonic() + 900          # a first Verilator build included
