@@ -326,7 +326,8 @@ class Accelerator(wiring.Component):
         # cycle after the row's registers, so the bias memory's read passes the block
         # RAM's output register too (on the ULX3S-85F the plain DP16KD read, 5.6 ns
         # clock-to-output, into the delay line was the critical path).
-        late_bias = cfg.registered_memories and cfg.stochastic and cfg.dataflow == "os"
+        # (registered memories are output-stationary only: ArrayConfig checks it)
+        late_bias = cfg.registered_memories and cfg.stochastic
         if late_bias:
             bmem = m.submodules.bmem = RegisteredReadMemory(
                 width=P.bias_lanes * accw, depth=P.bias_words, init=b_init)

@@ -58,9 +58,10 @@ class Ring(wiring.Component):
     ValueError
         ``in_memory`` with ``depth`` 1 (the read ahead would read the entry being written).
 
-    Timing: ``head`` and ``after`` (with ``depth`` >= 2) are register outputs (the chain's last register, or the memory's
-    read data); ``i`` and ``en`` go to registers (or the write port) only.  In memory the
-    read address is the next head's, so ``en`` also drives the read address.
+    Timing: ``head`` and ``after`` (with ``depth`` >= 2) are register outputs (the
+    chain's registers, or the memory's read data); ``i`` and ``en`` go to registers (or
+    the write port) only.  In memory the read address is the next head's, so ``en`` also
+    drives the read address.
     """
 
     def __init__(self, *, shape, depth, in_memory=False, attrs=None):
